@@ -1,0 +1,73 @@
+"""backbone: typed event contracts on Redis Streams and hashes.
+
+Declare a contract (a ``typing.Protocol`` marked with :func:`contract`), generate
+its producer and consumer code with ``backbone codegen``, then publish and
+subscribe through a :class:`Backbone` connection.
+"""
+
+from __future__ import annotations
+
+from .connection import Backbone
+from .consumer import Subscription, SubscriptionStats
+from .contract import ContractSpec, OperationSpec, contract, describe, operation
+from .deadletters import DeadLetter, DeadLetters
+from .dispatch import CompiledContract, Dispatcher, Route, bind, route
+from .errors import (
+    BackboneError,
+    ConfigurationError,
+    ContractError,
+    DecodeError,
+    PublishError,
+    PublishTimeout,
+    StaleCodeError,
+    ValidationError,
+)
+from .events import NO_CONTEXT, EventContext, EventId, current_event
+from .options import (
+    AckPolicy,
+    RetryPolicy,
+    StartFrom,
+    SubscriptionOptions,
+    UnknownOperation,
+)
+from .producer import Batch, Producer, ProducerOptions
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NO_CONTEXT",
+    "AckPolicy",
+    "Backbone",
+    "BackboneError",
+    "Batch",
+    "CompiledContract",
+    "ConfigurationError",
+    "ContractError",
+    "ContractSpec",
+    "DeadLetter",
+    "DeadLetters",
+    "DecodeError",
+    "Dispatcher",
+    "EventContext",
+    "EventId",
+    "OperationSpec",
+    "Producer",
+    "ProducerOptions",
+    "PublishError",
+    "PublishTimeout",
+    "RetryPolicy",
+    "Route",
+    "StaleCodeError",
+    "StartFrom",
+    "Subscription",
+    "SubscriptionOptions",
+    "SubscriptionStats",
+    "UnknownOperation",
+    "ValidationError",
+    "bind",
+    "contract",
+    "current_event",
+    "describe",
+    "operation",
+    "route",
+]

@@ -1,0 +1,267 @@
+"""Turning operation arguments into payload-hash fields and back.
+
+Each parameter becomes one hash field whose value is msgpack. Values are validated
+and serialised by pydantic (a ``TypeAdapter`` per parameter, built once per
+operation); the Python types msgpack has no word for travel as msgpack extension
+types so that they come back as the same type:
+
+====  ==========  =========================================
+code  type        body
+====  ==========  =========================================
+1     datetime    ``isoformat()`` text (naive stays naive)
+2     date        ``isoformat()`` text
+3     time        ``isoformat()`` text
+4     UUID        16 raw bytes
+5     Decimal     ``str()`` text
+6     timedelta   signed 8-byte big-endian microseconds
+====  ==========  =========================================
+
+Enums travel as their value, sets and tuples as arrays, models as maps; the
+consumer's annotation turns them back. A field the producer did not write (an
+older producer) takes the parameter's default; fields the consumer does not know
+(a newer producer) are ignored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import enum
+import struct
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
+
+import msgpack
+import pydantic
+
+from .contract import OperationSpec, ParamSpec
+from .errors import DecodeError, ValidationError
+
+__all__ = ["OperationCodec", "pack_value", "unpack_value"]
+
+EXT_DATETIME: Final = 1
+EXT_DATE: Final = 2
+EXT_TIME: Final = 3
+EXT_UUID: Final = 4
+EXT_DECIMAL: Final = 5
+EXT_TIMEDELTA: Final = 6
+
+_MICROS: Final = struct.Struct(">q")
+_FAST_TYPES: Final = frozenset({str, int, float, bool, bytes})
+
+
+def _default(obj: object) -> object:
+    # Order matters: datetime is a subclass of date.
+    if isinstance(obj, dt.datetime):
+        return msgpack.ExtType(EXT_DATETIME, obj.isoformat().encode())
+    if isinstance(obj, dt.date):
+        return msgpack.ExtType(EXT_DATE, obj.isoformat().encode())
+    if isinstance(obj, dt.time):
+        return msgpack.ExtType(EXT_TIME, obj.isoformat().encode())
+    if isinstance(obj, uuid.UUID):
+        return msgpack.ExtType(EXT_UUID, obj.bytes)
+    if isinstance(obj, decimal.Decimal):
+        return msgpack.ExtType(EXT_DECIMAL, str(obj).encode())
+    if isinstance(obj, dt.timedelta):
+        micros = (obj.days * 86_400 + obj.seconds) * 1_000_000 + obj.microseconds
+        return msgpack.ExtType(EXT_TIMEDELTA, _MICROS.pack(micros))
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, (set, frozenset)):
+        try:
+            return sorted(obj)
+        except TypeError:
+            return list(obj)
+    if isinstance(obj, pydantic.BaseModel):
+        return obj.model_dump(mode="python")
+    raise TypeError(f"cannot encode a value of type {type(obj).__qualname__}")
+
+
+def _ext_hook(code: int, data: bytes) -> object:
+    if code == EXT_DATETIME:
+        return dt.datetime.fromisoformat(data.decode())
+    if code == EXT_DATE:
+        return dt.date.fromisoformat(data.decode())
+    if code == EXT_TIME:
+        return dt.time.fromisoformat(data.decode())
+    if code == EXT_UUID:
+        return uuid.UUID(bytes=data)
+    if code == EXT_DECIMAL:
+        return decimal.Decimal(data.decode())
+    if code == EXT_TIMEDELTA:
+        return dt.timedelta(microseconds=_MICROS.unpack(data)[0])
+    return msgpack.ExtType(code, data)
+
+
+def pack_value(value: object) -> bytes:
+    """msgpack VALUE with backbone's extension types (no validation)."""
+    packed: bytes = msgpack.packb(value, default=_default, use_bin_type=True)
+    return packed
+
+
+def unpack_value(data: bytes) -> Any:
+    """Read one msgpack value written by :func:`pack_value`."""
+    return msgpack.unpackb(data, raw=False, ext_hook=_ext_hook, strict_map_key=False)
+
+
+class _Param:
+    """Encoder and decoder of one parameter."""
+
+    __slots__ = ("adapter", "default", "encode", "field", "has_default", "name")
+
+    def __init__(self, spec: ParamSpec, packer: msgpack.Packer) -> None:
+        self.name = spec.name
+        self.field = spec.name.encode()
+        self.has_default = spec.has_default
+        self.default = spec.default
+        self.adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(spec.annotation)
+        self.encode = self._encoder(spec.annotation, packer)
+
+    def _encoder(
+        self, annotation: Any, packer: msgpack.Packer
+    ) -> Callable[[Any], bytes]:
+        pack = packer.pack
+        adapter = self.adapter
+        if annotation in _FAST_TYPES:
+            exact: type = annotation
+
+            def encode_fast(value: Any) -> bytes:
+                if type(value) is exact:
+                    return pack(value)  # type: ignore[no-any-return]
+                return pack(  # type: ignore[no-any-return]
+                    adapter.dump_python(adapter.validate_python(value, strict=True))
+                )
+
+            return encode_fast
+
+        def encode(value: Any) -> bytes:
+            valid = adapter.validate_python(value, strict=True)
+            return pack(adapter.dump_python(valid, mode="python"))  # type: ignore[no-any-return]
+
+        return encode
+
+
+class OperationCodec:
+    """Encodes and decodes the arguments of one operation."""
+
+    __slots__ = ("_by_field", "_params", "operation")
+
+    def __init__(self, operation: OperationSpec) -> None:
+        self.operation = operation
+        packer = msgpack.Packer(default=_default, use_bin_type=True, autoreset=True)
+        self._params = tuple(_Param(p, packer) for p in operation.params)
+        self._by_field = {p.field: p for p in self._params}
+
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self._params)
+
+    def encode(self, args: Sequence[Any]) -> list[bytes]:
+        """Validate ARGS (in parameter order) into flat ``[field, value, ...]``.
+
+        Raises :class:`ValidationError` naming the parameter; nothing is written.
+        """
+        params = self._params
+        if len(args) != len(params):
+            raise ValidationError(
+                self.operation.qualified_name,
+                "*",
+                f"expected {len(params)} arguments, got {len(args)}",
+            )
+        out: list[bytes] = []
+        for param, value in zip(params, args, strict=True):
+            try:
+                encoded = param.encode(value)
+            except pydantic.ValidationError as exc:
+                raise ValidationError(
+                    self.operation.qualified_name, param.name, _one_line(exc)
+                ) from exc
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise ValidationError(
+                    self.operation.qualified_name, param.name, str(exc)
+                ) from exc
+            out.append(param.field)
+            out.append(encoded)
+        return out
+
+    def bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Any]:
+        """Arrange positional and keyword ARGS into parameter order, with defaults."""
+        values = list(args)
+        if len(values) > len(self._params):
+            raise ValidationError(
+                self.operation.qualified_name,
+                "*",
+                f"takes {len(self._params)} arguments, {len(values)} given",
+            )
+        for param in self._params[len(values) :]:
+            if param.name in kwargs:
+                values.append(kwargs[param.name])
+            elif param.has_default:
+                values.append(param.default)
+            else:
+                raise ValidationError(
+                    self.operation.qualified_name, param.name, "missing argument"
+                )
+        unknown = set(kwargs) - {p.name for p in self._params}
+        if unknown:
+            raise ValidationError(
+                self.operation.qualified_name,
+                sorted(unknown)[0],
+                "no such parameter",
+            )
+        return values
+
+    def decode(self, fields: Mapping[bytes, bytes]) -> list[Any]:
+        """Decode a payload hash into arguments in parameter order.
+
+        Raises :class:`DecodeError` (reason ``undecodable`` or ``invalid-payload``)
+        naming the parameter.
+        """
+        args: list[Any] = []
+        for param in self._params:
+            raw = fields.get(param.field)
+            if raw is None:
+                if param.has_default:
+                    args.append(param.default)
+                    continue
+                raise DecodeError(
+                    "invalid-payload",
+                    f"{self.operation.qualified_name}: the payload has no field "
+                    f"{param.name!r} and the parameter has no default",
+                )
+            try:
+                obj = msgpack.unpackb(
+                    raw, raw=False, ext_hook=_ext_hook, strict_map_key=False
+                )
+            except Exception as exc:
+                raise DecodeError(
+                    "undecodable",
+                    f"{self.operation.qualified_name}: field {param.name!r} is not "
+                    f"valid msgpack ({type(exc).__name__}: {exc})",
+                ) from exc
+            try:
+                args.append(param.adapter.validate_python(obj))
+            except pydantic.ValidationError as exc:
+                raise DecodeError(
+                    "invalid-payload",
+                    f"{self.operation.qualified_name}: field {param.name!r} does not "
+                    f"fit its annotation: {_one_line(exc)}",
+                ) from exc
+        return args
+
+
+def _one_line(exc: pydantic.ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        msg = err.get("msg", "invalid")
+        got = err.get("input")
+        text = f"{loc}: {msg}" if loc else msg
+        parts.append(f"{text} (got {type(got).__name__} {_short(got)})")
+    return "; ".join(parts)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,265 @@
+"""The connection to Redis (or to an embedded in-process Redis) and its scripts."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.resources
+import logging
+import os
+from collections.abc import Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Self
+
+import redis.asyncio as aioredis
+import redis.exceptions as rex
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .errors import ConfigurationError
+from .keys import StreamKeys, validate_part
+
+if TYPE_CHECKING:
+    from .consumer import Subscription
+    from .contract import ContractSpec
+    from .dispatch import Dispatcher
+    from .events import EventId
+    from .options import StartFrom, SubscriptionOptions
+    from .producer import Producer, ProducerOptions
+
+__all__ = ["Backbone", "is_transient"]
+
+log = logging.getLogger("backbone")
+
+EMBEDDED_SCHEME: Final = "memory://"
+ENV_URL: Final = "BACKBONE_REDIS_URL"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors that go away by themselves: lost connections, a server that
+    is loading its data or failing over, a replica that is read-only for now."""
+    if isinstance(
+        exc,
+        (
+            rex.ConnectionError,
+            rex.TimeoutError,
+            rex.BusyLoadingError,
+            rex.ReadOnlyError,
+            ConnectionError,
+            TimeoutError,
+            OSError,
+        ),
+    ):
+        return True
+    if isinstance(exc, rex.ResponseError):
+        text = str(exc)
+        return text.startswith(("MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "LOADING"))
+    return False
+
+
+class Script:
+    """A Lua script run by EVALSHA, loaded again after NOSCRIPT (a server restart)."""
+
+    __slots__ = ("name", "sha", "source")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.source = (
+            importlib.resources.files("backbone")
+            .joinpath(f"lua/{name}.lua")
+            .read_text()
+        )
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+    async def run(
+        self, client: aioredis.Redis, keys: Sequence[str | bytes], args: Sequence[Any]
+    ) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except rex.NoScriptError:
+            await client.script_load(self.source)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+
+
+class Scripts:
+    """The scripts backbone runs, compiled once per connection."""
+
+    __slots__ = ("dead_letter", "publish", "redrive")
+
+    def __init__(self) -> None:
+        self.publish = Script("publish")
+        self.dead_letter = Script("dead_letter")
+        self.redrive = Script("redrive")
+
+
+class _Wakeups:
+    """In-process wake-ups for an embedded Redis, whose XREADGROUP does not block.
+
+    Every write backbone makes to a stream notifies the readers of that stream; a
+    reader takes the current event *before* it reads, so no wake-up is missed.
+    """
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+
+    def current(self, stream: str) -> asyncio.Event:
+        event = self._events.get(stream)
+        if event is None:
+            event = self._events[stream] = asyncio.Event()
+        return event
+
+    def notify(self, stream: str) -> None:
+        event = self._events.pop(stream, None)
+        if event is not None:
+            event.set()
+
+
+class Backbone:
+    """A connection to one Redis in one environment; makes producers and consumers.
+
+    ``url`` is a Redis URL (``redis://host:port/db``, ``rediss://``, ``unix://``) or
+    ``memory://`` for an embedded in-process Redis (fakeredis): good for tests and
+    demos, private to this process. Use it as an async context manager, or call
+    :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        environment: str = "dev",
+        client_name: str | None = None,
+        connect_timeout: float = 5.0,
+        max_connections: int | None = None,
+    ) -> None:
+        self.environment = validate_part("environment", environment)
+        self.url = url
+        self.embedded = url.startswith(EMBEDDED_SCHEME)
+        self.scripts = Scripts()
+        self._wakeups = _Wakeups() if self.embedded else None
+        self.redis: aioredis.Redis = self._client(
+            url, client_name, connect_timeout, max_connections
+        )
+        self._closed = False
+
+    @classmethod
+    def from_env(
+        cls, *, environment: str = "dev", default: str = EMBEDDED_SCHEME
+    ) -> Self:
+        """Connect to ``$BACKBONE_REDIS_URL``, or to DEFAULT when it is not set."""
+        return cls(os.environ.get(ENV_URL) or default, environment=environment)
+
+    def _client(
+        self,
+        url: str,
+        client_name: str | None,
+        connect_timeout: float,
+        max_connections: int | None,
+    ) -> aioredis.Redis:
+        if self.embedded:
+            import fakeredis
+
+            server = fakeredis.FakeServer(version=(7, 2))
+            client: aioredis.Redis = fakeredis.FakeAsyncRedis(server=server)
+            return client
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigurationError(
+                f"Redis URL {url!r} is not valid; use redis://host:port/db, "
+                "rediss://..., unix:///path or memory:// (embedded)"
+            )
+        # backbone retries by itself where it is safe to (publishes carry a batch
+        # record), so the client must never resend a command on its own.
+        return aioredis.Redis.from_url(
+            url,
+            retry=Retry(NoBackoff(), 0),
+            socket_connect_timeout=connect_timeout,
+            socket_keepalive=True,
+            health_check_interval=30,
+            client_name=client_name,
+            max_connections=max_connections,
+        )
+
+    def keys(self, uri: str) -> StreamKeys:
+        """The Redis keys of stream URI in this environment."""
+        return StreamKeys(self.environment, uri)
+
+    def producer(
+        self,
+        uri: str,
+        contract: ContractSpec | None = None,
+        options: ProducerOptions | None = None,
+    ) -> Producer:
+        """A producer appending to stream URI."""
+        from .producer import Producer
+
+        return Producer(self, self.keys(uri), contract=contract, options=options)
+
+    def subscribe(
+        self,
+        uri: str,
+        dispatcher: Dispatcher[Any],
+        *,
+        group: str,
+        consumer: str | None = None,
+        start: StartFrom | EventId | str | None = None,
+        options: SubscriptionOptions | None = None,
+    ) -> Subscription:
+        """Subscribe DISPATCHER's handler to stream URI as CONSUMER of GROUP.
+
+        ``await`` the result to start it, or use it in ``async with``. START says
+        where a new group begins (default: new events only).
+        """
+        from .consumer import Subscription
+        from .options import StartFrom
+
+        return Subscription(
+            self,
+            self.keys(uri),
+            dispatcher,
+            group=group,
+            consumer=consumer,
+            start=StartFrom.NEW if start is None else start,
+            options=options,
+        )
+
+    # --- embedded wake-ups -------------------------------------------------------
+
+    def wakeup_event(self, stream: str) -> asyncio.Event | None:
+        """For an embedded Redis: the event set at the next write to STREAM."""
+        return self._wakeups.current(stream) if self._wakeups is not None else None
+
+    def notify_written(self, stream: str) -> None:
+        if self._wakeups is not None:
+            self._wakeups.notify(stream)
+
+    # --- lifetime ----------------------------------------------------------------
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self.redis.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        where = "embedded" if self.embedded else _redact(self.url)
+        return f"Backbone({where}, environment={self.environment!r})"
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

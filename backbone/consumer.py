@@ -1,0 +1,985 @@
+"""The consumer loop of one subscription: a consumer in a consumer group.
+
+Tasks of one subscription::
+
+    reader    XREADGROUP ... COUNT <free room> BLOCK <ms> >    (own pending first)
+              -> pipelined HGETALL of the payloads -> queue
+    workers   `concurrency` of them: decode, call the handler, retry, dead-letter
+    acker     batches XACKs of finished events into one call
+    claimer   renews the leases of held events (XCLAIM JUSTID) and claims events
+              idle too long with other members (XAUTOCLAIM, with its cursor)
+
+At most ``max_in_flight`` events are held (queued or running). An event leaves the
+pending list only by an ack or by the dead-letter script, which acks it in the
+same atomic step; everything else (a crash, a stop, a lost connection) leaves it
+pending, to be handled again by this consumer on restart or by another member
+once idle for ``claim_idle``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import os
+import signal
+import socket
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Self, cast
+
+import redis.exceptions as rex
+
+from .connection import is_transient
+from .errors import ConfigurationError, DecodeError
+from .events import (
+    F_CAUSATION,
+    F_CONTRACT,
+    F_CORRELATION,
+    F_OPERATION,
+    F_PRODUCER,
+    F_REDRIVE_GROUP,
+    F_REDRIVE_ORIGIN,
+    F_TIME,
+    F_VERSION,
+    EventContext,
+    EventId,
+    reset_current_event,
+    set_current_event,
+)
+from .keys import validate_name
+from .options import AckPolicy, StartFrom, SubscriptionOptions, UnknownOperation
+
+if TYPE_CHECKING:
+    from .connection import Backbone
+    from .dispatch import Dispatcher, Route
+    from .keys import StreamKeys
+
+__all__ = ["Subscription", "SubscriptionStats"]
+
+log = logging.getLogger("backbone.consumer")
+
+_MAX_ERROR_TEXT: Final = 2000
+_MARK_PRUNE_EVERY: Final = 60.0
+
+
+class _Stopped(Exception):
+    """The subscription is stopping."""
+
+
+@dataclasses.dataclass(slots=True)
+class SubscriptionStats:
+    """Counters of one subscription (for logs, tests and dashboards)."""
+
+    received: int = 0
+    handled: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    skipped: int = 0
+    duplicates_skipped: int = 0
+    acked: int = 0
+    claimed: int = 0
+    recovered: int = 0
+    max_in_flight_seen: int = 0
+    reconnects: int = 0
+
+
+@dataclasses.dataclass(slots=True)
+class _Delivery:
+    entry_id: str
+    fields: dict[bytes, bytes] | None
+    delivery_count: int
+    touched: float
+    payload: dict[bytes, bytes] | None = None
+    done_mark: bool = False
+    acked: bool = False
+
+
+def default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def _before(entry_id: str) -> str:
+    """The id just before ENTRY_ID (to start a group at an entry, inclusive)."""
+    ms_text, _, seq_text = entry_id.partition("-")
+    ms, seq = int(ms_text), int(seq_text or "0")
+    if seq > 0:
+        return f"{ms}-{seq - 1}"
+    if ms > 0:
+        return f"{ms - 1}-18446744073709551615"
+    return "0-0"
+
+
+class Subscription:
+    """A running consumer: returned by ``subscribe``; await ``completion``, call
+    :meth:`stop`, or use it as an async context manager (leaving stops it)."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        keys: StreamKeys,
+        dispatcher: Dispatcher[Any],
+        *,
+        group: str,
+        consumer: str | None = None,
+        start: StartFrom | EventId | str = StartFrom.NEW,
+        options: SubscriptionOptions | None = None,
+    ) -> None:
+        self.backbone = backbone
+        self.keys = keys
+        self.dispatcher = dispatcher
+        self.group = validate_name("group", group)
+        self.consumer = validate_name("consumer", consumer or default_consumer_name())
+        self.options = options or SubscriptionOptions()
+        self.start_id = self._start_id(start)
+        self.stats = SubscriptionStats()
+        self._redis = backbone.redis
+        self._stream = keys.stream
+        self._noack = self.options.ack is AckPolicy.ON_RECEIPT
+        self._queue: asyncio.Queue[_Delivery | None] = asyncio.Queue()
+        self._held: dict[str, _Delivery] = {}
+        self._room = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._acks: list[str] = []
+        self._ack_wakeup = asyncio.Event()
+        self._acks_closing = False
+        self._last_seen = "0-0"
+        self._outage_since: float | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._completion: asyncio.Future[None] | None = None
+        self._last_prune = 0.0
+        self._handler_names = {
+            op.name: f"{type(dispatcher.handler).__qualname__}.{op.method}"
+            for op in dispatcher.contract.spec.operations
+        }
+
+    @staticmethod
+    def _start_id(start: StartFrom | EventId | str) -> str:
+        if isinstance(start, StartFrom):
+            return start.value
+        entry = start.id if isinstance(start, EventId) else start
+        parts = entry.split("-")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise ConfigurationError(
+                f"start {start!r} is not StartFrom.BEGINNING, StartFrom.NEW, an "
+                "EventId or an entry id like '1700000000000-0'"
+            )
+        return _before(entry)
+
+    # --- lifetime -----------------------------------------------------------------
+
+    async def start(self) -> Self:
+        """Create the group if needed and start consuming in the background."""
+        if self._task is not None:
+            return self
+        try:
+            await self._ensure_group(self.start_id)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning(
+                "%s: Redis is not reachable yet (%s); the subscription keeps trying",
+                self,
+                exc,
+            )
+        loop = asyncio.get_running_loop()
+        self._completion = loop.create_future()
+        self._task = loop.create_task(self._run(), name=f"backbone:{self}")
+        return self
+
+    @property
+    def completion(self) -> asyncio.Future[None]:
+        """Done when the subscription has stopped (raises if it failed)."""
+        if self._completion is None:
+            raise RuntimeError(f"{self} was not started; await its start() first")
+        return self._completion
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
+    def in_flight(self) -> int:
+        """Events read and not finished yet."""
+        return len(self._held)
+
+    async def stop(self) -> None:
+        """Stop reading, let running handlers finish (``shutdown_timeout``), ack them
+        and return. Events not finished stay pending for the group."""
+        self._request_stop()
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    def stop_on_signals(
+        self, signals: Iterable[signal.Signals] = (signal.SIGTERM, signal.SIGINT)
+    ) -> None:
+        """Stop gracefully when the process receives one of SIGNALS."""
+        loop = asyncio.get_running_loop()
+        for sig in signals:
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("%s: %s received, stopping", self, sig.name)
+        self._request_stop()
+
+    def _request_stop(self) -> None:
+        self._stopping.set()
+        self._room.set()
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
+
+    def __await__(self) -> Generator[Any, None, Self]:
+        return self.start().__await__()
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def __repr__(self) -> str:
+        return (
+            f"Subscription({self._stream} group={self.group} consumer={self.consumer})"
+        )
+
+    # --- main -----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        assert self._completion is not None
+        loop = asyncio.get_running_loop()
+        workers = [
+            loop.create_task(self._worker(), name=f"backbone-worker:{self}:{i}")
+            for i in range(self.options.concurrency)
+        ]
+        acker = loop.create_task(self._ack_loop(), name=f"backbone-acker:{self}")
+        claimer = (
+            None
+            if self._noack
+            else loop.create_task(self._claim_loop(), name=f"backbone-claimer:{self}")
+        )
+        failure: BaseException | None = None
+        try:
+            self._reader = loop.create_task(
+                self._read_loop(), name=f"backbone-reader:{self}"
+            )
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        except BaseException as exc:  # pragma: no cover - bug guard
+            failure = exc
+        if (
+            self._reader is not None
+            and self._reader.done()
+            and not self._reader.cancelled()
+        ):
+            failure = failure or self._reader.exception()
+        try:
+            await self._shutdown(workers, acker, claimer)
+        except BaseException as exc:  # pragma: no cover - bug guard
+            failure = failure or exc
+        if failure is not None:
+            log.error("%s failed", self, exc_info=failure)
+            self._completion.set_exception(failure)
+        else:
+            self._completion.set_result(None)
+
+    async def _shutdown(
+        self,
+        workers: list[asyncio.Task[None]],
+        acker: asyncio.Task[None],
+        claimer: asyncio.Task[None] | None,
+    ) -> None:
+        self._stopping.set()
+        if claimer is not None:
+            claimer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await claimer
+        # Events read but not started stay pending (this consumer's PEL).
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is not None:
+                self._held.pop(item.entry_id, None)
+        for _ in workers:
+            self._queue.put_nowait(None)
+        _, late = await asyncio.wait(workers, timeout=self.options.shutdown_timeout)
+        for task in late:
+            task.cancel()
+        if late:
+            log.warning(
+                "%s: %d handler(s) did not finish within %.1fs; their events stay "
+                "pending",
+                self,
+                len(late),
+                self.options.shutdown_timeout,
+            )
+            await asyncio.gather(*late, return_exceptions=True)
+        self._acks_closing = True
+        self._ack_wakeup.set()
+        try:
+            await asyncio.wait_for(
+                acker, timeout=max(self.options.shutdown_timeout, 1.0)
+            )
+        except TimeoutError:
+            log.warning("%s: final acks not written; those events stay pending", self)
+
+    # --- group ----------------------------------------------------------------------
+
+    async def _ensure_group(self, start_id: str) -> None:
+        try:
+            await self._redis.xgroup_create(
+                self._stream, self.group, id=start_id, mkstream=True
+            )
+            log.info("%s: created group at %s", self, start_id)
+        except rex.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        for info in await self._redis.xinfo_groups(self._stream):
+            if _text(info.get("name")) == self.group:
+                last = _text(info.get("last-delivered-id"))
+                if last and self._last_seen == "0-0":
+                    self._last_seen = last
+                break
+
+    async def _recreate_group(self) -> None:
+        """The group vanished (a Redis restart without persistence, XGROUP DESTROY):
+        create it again where this consumer last read, so nothing after is lost."""
+        log.warning(
+            "%s: the consumer group is gone (NOGROUP); creating it again after %s",
+            self,
+            self._last_seen,
+        )
+        await self._ensure_group(self._last_seen)
+
+    # --- reading --------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        if not self._noack:
+            await self._guarded(self._recover_pending)
+        block_ms = max(1, int(self.options.block * 1000))
+        while not self._stopping.is_set():
+            free = self.options.max_in_flight - len(self._held)
+            if free <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            wakeup = self.backbone.wakeup_event(self._stream)
+            entries = await self._guarded(self._read, ">", free, block_ms)
+            if entries is None:
+                continue
+            if entries:
+                await self._admit(entries, None)
+            elif wakeup is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wakeup.wait(), self.options.block)
+
+    async def _guarded(self, fn: Any, *args: Any) -> Any:
+        """Run FN; survive lost connections and a vanished group. None on failure."""
+        try:
+            result = await fn(*args)
+        except rex.ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                with contextlib.suppress(Exception):
+                    await self._recreate_group()
+                return None
+            if not is_transient(exc):
+                raise
+            await self._outage(exc)
+            return None
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            await self._outage(exc)
+            return None
+        if self._outage_since is not None:
+            log.warning(
+                "%s: Redis is back after %.1fs",
+                self,
+                time.monotonic() - self._outage_since,
+            )
+            self._outage_since = None
+            self.stats.reconnects += 1
+        return result
+
+    async def _outage(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self._outage_since is None:
+            self._outage_since = now
+            self._outage_delay = 0.05
+            log.warning(
+                "%s: lost Redis (%s: %s); retrying", self, type(exc).__name__, exc
+            )
+        await asyncio.sleep(self._outage_delay)
+        self._outage_delay = min(self._outage_delay * 2, 2.0)
+
+    async def _read(
+        self, start: str, count: int, block_ms: int | None
+    ) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
+        response = await self._redis.xreadgroup(
+            self.group,
+            self.consumer,
+            {self._stream: start},
+            count=count,
+            block=block_ms,
+            noack=self._noack,
+        )
+        if not response:
+            return []
+        entries: list[tuple[bytes, dict[bytes, bytes] | None]] = cast(Any, response)[0][
+            1
+        ]
+        return entries
+
+    async def _recover_pending(self) -> None:
+        """Handle this consumer's own pending entries (left by an earlier run)."""
+        cursor = "0-0"
+        while not self._stopping.is_set():
+            free = self.options.max_in_flight - len(self._held)
+            if free <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            entries = await self._read(cursor, free, None)
+            entries = [e for e in entries if _text(e[0]) not in self._held]
+            if not entries:
+                return
+            cursor = _text(entries[-1][0])
+            counts = await self._delivery_counts(entries)
+            self.stats.recovered += len(entries)
+            log.info(
+                "%s: re-processing %d pending event(s) of an earlier run",
+                self,
+                len(entries),
+            )
+            await self._admit(entries, counts)
+
+    async def _delivery_counts(
+        self, entries: Sequence[tuple[bytes, Any]]
+    ) -> dict[str, int]:
+        if not entries:
+            return {}
+        rows = await self._redis.xpending_range(
+            self._stream,
+            self.group,
+            min=entries[0][0],
+            max=entries[-1][0],
+            count=len(entries),
+            consumername=self.consumer,
+        )
+        return {
+            _text(cast(bytes, row["message_id"])): int(row["times_delivered"])
+            for row in rows
+        }
+
+    async def _admit(
+        self,
+        entries: Sequence[tuple[bytes, dict[bytes, bytes] | None]],
+        counts: dict[str, int] | None,
+    ) -> None:
+        """Fetch the payloads of ENTRIES (one pipeline) and queue them."""
+        now = time.monotonic()
+        deliveries: list[_Delivery] = []
+        for raw_id, fields in entries:
+            entry_id = _text(raw_id)
+            if _id_key(entry_id) > _id_key(self._last_seen):
+                self._last_seen = entry_id
+            if entry_id in self._held:
+                continue
+            count = counts.get(entry_id, 1) if counts is not None else 1
+            deliveries.append(_Delivery(entry_id, fields, count, now))
+        if not deliveries:
+            return
+        wanted = [
+            d
+            for d in deliveries
+            if d.fields is not None and self._mine(d.fields) and F_OPERATION in d.fields
+        ]
+        if wanted:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for d in wanted:
+                    pipe.hgetall(self.keys.payload(d.entry_id))
+                if self.options.idempotent:
+                    pipe.zmscore(
+                        self.keys.done(self.group), [_logical_id(d) for d in wanted]
+                    )
+                results = await pipe.execute()
+            for d, payload in zip(wanted, results, strict=False):
+                d.payload = payload
+            if self.options.idempotent:
+                scores = results[-1]
+                for d, score in zip(wanted, scores, strict=True):
+                    d.done_mark = score is not None
+        self.stats.received += len(deliveries)
+        for d in deliveries:
+            self._held[d.entry_id] = d
+            self._queue.put_nowait(d)
+        if len(self._held) > self.stats.max_in_flight_seen:
+            self.stats.max_in_flight_seen = len(self._held)
+
+    def _mine(self, fields: dict[bytes, bytes]) -> bool:
+        only = fields.get(F_REDRIVE_GROUP)
+        return only is None or not only or _text(only) == self.group
+
+    # --- handling -------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            delivery = await self._queue.get()
+            if delivery is None:
+                return
+            try:
+                await self._process(delivery)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Never let one event kill the loop; it stays pending and comes back.
+                log.exception(
+                    "%s: unexpected error handling %s", self, delivery.entry_id
+                )
+            finally:
+                self._held.pop(delivery.entry_id, None)
+                self._room.set()
+
+    async def _process(self, d: _Delivery) -> None:
+        fields = d.fields
+        if fields is None:
+            # Deleted from the stream (trimmed) while pending: nothing to handle.
+            log.info(
+                "%s: pending entry %s no longer exists; acking it", self, d.entry_id
+            )
+            self._ack(d)
+            return
+        if not self._mine(fields):
+            self.stats.skipped += 1
+            self._ack(d)
+            return
+        op_name = fields.get(F_OPERATION)
+        if op_name is None:
+            await self._dead_letter(
+                d, "malformed-entry", "the stream entry has no operation field 'o'"
+            )
+            return
+        operation = _text(op_name)
+        route = self.dispatcher.get(operation)
+        if route is None:
+            if self.options.unknown_operation is UnknownOperation.SKIP:
+                self.stats.skipped += 1
+                self._ack(d)
+                return
+            await self._dead_letter(
+                d,
+                "unknown-operation",
+                f"contract {self.dispatcher.contract_name} of this consumer has no "
+                f"operation {operation!r} (a newer producer?); update the contract "
+                "and regenerate, or subscribe with unknown_operation=SKIP",
+            )
+            return
+        if d.delivery_count > self.options.retry.max_deliveries:
+            await self._dead_letter(
+                d,
+                "too-many-deliveries",
+                f"delivered {d.delivery_count} times (max_deliveries is "
+                f"{self.options.retry.max_deliveries}); the consumers handling it may "
+                "have crashed",
+                handler=self._handler_names.get(operation),
+            )
+            return
+        if d.done_mark:
+            self.stats.duplicates_skipped += 1
+            self._ack(d)
+            return
+        try:
+            args = self._decode(route, d)
+        except DecodeError as exc:
+            await self._dead_letter(d, exc.reason, str(exc), handler=route.handler_name)
+            return
+        await self._call(route, d, fields, operation, args)
+
+    def _decode(self, route: Route, d: _Delivery) -> list[Any]:
+        payload = d.payload or {}
+        if not payload and route.codec.parameter_names:
+            raise DecodeError(
+                "missing-payload",
+                f"the payload hash {self.keys.payload(d.entry_id)} does not exist "
+                "(deleted, expired or never written)",
+            )
+        return route.codec.decode(payload)
+
+    async def _call(
+        self,
+        route: Route,
+        d: _Delivery,
+        fields: dict[bytes, bytes],
+        operation: str,
+        args: list[Any],
+    ) -> None:
+        opts = self.options
+        while True:
+            context = self._context(d, fields, operation)
+            token = set_current_event(context)
+            try:
+                if opts.handler_timeout is None:
+                    await route.call(args, context)
+                else:
+                    async with asyncio.timeout(opts.handler_timeout):
+                        await route.call(args, context)
+            except Exception as exc:
+                self.stats.failed += 1
+                if d.delivery_count >= opts.retry.max_deliveries:
+                    await self._dead_letter(
+                        d,
+                        "handler-error",
+                        exc,
+                        handler=route.handler_name,
+                    )
+                    return
+                delay = opts.retry.backoff(d.delivery_count)
+                log.info(
+                    "%s: %s failed on %s (delivery %d of %d: %s: %s); retry in %.2fs",
+                    self,
+                    route.handler_name,
+                    d.entry_id,
+                    d.delivery_count,
+                    opts.retry.max_deliveries,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                if self._stopping.is_set():
+                    return  # stays pending
+                if not await self._redeliver(d):
+                    return
+                self.stats.retried += 1
+                continue
+            finally:
+                reset_current_event(token)
+            self.stats.handled += 1
+            if opts.idempotent:
+                await self._mark_done(d)
+            if opts.ack is AckPolicy.AFTER_SUCCESS:
+                self._ack(d)
+            return
+
+    def _context(
+        self, d: _Delivery, fields: dict[bytes, bytes], operation: str
+    ) -> EventContext:
+        produced = fields.get(F_TIME)
+        origin = fields.get(F_REDRIVE_ORIGIN)
+        produced_at = None
+        if produced:
+            with contextlib.suppress(ValueError):
+                produced_at = _from_millis(int(produced))
+        version_text = fields.get(F_VERSION)
+        try:
+            version = int(version_text) if version_text else 1
+        except ValueError:
+            version = 1
+        return EventContext(
+            id=EventId(self._stream, d.entry_id),
+            operation=operation,
+            version=version,
+            contract=_text(fields.get(F_CONTRACT)),
+            producer=_text(fields.get(F_PRODUCER)),
+            produced_at=produced_at,
+            group=self.group,
+            consumer=self.consumer,
+            delivery_count=d.delivery_count,
+            correlation_id=_text(fields[F_CORRELATION])
+            if F_CORRELATION in fields
+            else None,
+            causation_id=_text(fields[F_CAUSATION]) if F_CAUSATION in fields else None,
+            original_id=EventId(self._stream, _text(origin)) if origin else None,
+            _ack=self._manual_ack(d) if self.options.ack is AckPolicy.MANUAL else None,
+        )
+
+    def _manual_ack(self, d: _Delivery) -> Callable[[], Awaitable[None]]:
+        async def ack() -> None:
+            self._ack(d)
+
+        return ack
+
+    async def _redeliver(self, d: _Delivery) -> bool:
+        """Count a retry as a delivery in Redis (XCLAIM RETRYCOUNT), so the count
+        survives a crash. False when the entry is gone from the pending list."""
+        if self._noack:
+            d.delivery_count += 1
+            return True
+        next_count = d.delivery_count + 1
+        while not self._stopping.is_set():
+            try:
+                claimed = await self._redis.xclaim(
+                    self._stream,
+                    self.group,
+                    self.consumer,
+                    0,
+                    [d.entry_id],
+                    retrycount=next_count,
+                    justid=True,
+                )
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                await self._outage(exc)
+                continue
+            if not claimed:
+                log.info(
+                    "%s: %s is no longer pending (acked elsewhere or trimmed); "
+                    "not retrying it",
+                    self,
+                    d.entry_id,
+                )
+                return False
+            d.delivery_count = next_count
+            d.touched = time.monotonic()
+            return True
+        return False
+
+    def _ack(self, d: _Delivery) -> None:
+        if d.acked or self._noack:
+            d.acked = True
+            return
+        d.acked = True
+        self._acks.append(d.entry_id)
+        self._ack_wakeup.set()
+
+    async def _mark_done(self, d: _Delivery) -> None:
+        key = self.keys.done(self.group)
+        mark = _logical_id(d)
+        while True:
+            try:
+                await self._redis.zadd(key, {mark: time.time()})
+                return
+            except Exception as exc:
+                if not is_transient(exc) or self._stopping.is_set():
+                    log.warning("%s: could not mark %s as handled: %s", self, mark, exc)
+                    return
+                await self._outage(exc)
+
+    async def _dead_letter(
+        self,
+        d: _Delivery,
+        reason: str,
+        error: BaseException | str,
+        *,
+        handler: str | None = None,
+    ) -> None:
+        if isinstance(error, BaseException):
+            error_type = type(error).__qualname__
+            module = type(error).__module__
+            if module not in ("builtins", "__main__"):
+                error_type = f"{module}.{error_type}"
+            message = str(error) or repr(error)
+            trace = "".join(traceback.format_exception(error)[-12:])
+        else:
+            error_type = reason
+            message = error
+            trace = ""
+        fields: list[bytes | str] = [
+            "id",
+            d.entry_id,
+            "g",
+            self.group,
+            "cn",
+            self.consumer,
+            "h",
+            handler or "",
+            "r",
+            reason,
+            "et",
+            error_type,
+            "em",
+            message[:_MAX_ERROR_TEXT],
+            "n",
+            str(d.delivery_count),
+            "at",
+            str(time.time_ns() // 1_000_000),
+        ]
+        if trace:
+            fields += ["tb", trace[-_MAX_ERROR_TEXT * 2 :]]
+        for name, value in (d.fields or {}).items():
+            fields.append(b"m:" + name)
+            fields.append(value)
+        keys = (
+            self._stream,
+            self.keys.dead_letters,
+            self.keys.payload(d.entry_id),
+            self.keys.dead_letter_payload(self.group, d.entry_id),
+        )
+        argv = [self.group, d.entry_id, "0" if self._noack else "1", *fields]
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                written = await self.backbone.scripts.dead_letter.run(
+                    self._redis, keys, argv
+                )
+                break
+            except Exception as exc:
+                if not is_transient(exc) or self._stopping.is_set() or attempt >= 20:
+                    log.error(
+                        "%s: could not dead-letter %s (%s); it stays pending",
+                        self,
+                        d.entry_id,
+                        exc,
+                    )
+                    return
+                await self._outage(exc)
+        d.acked = True
+        if written is None:
+            log.info("%s: %s was acked elsewhere; not dead-lettered", self, d.entry_id)
+            return
+        self.stats.dead_lettered += 1
+        log.warning(
+            "%s: dead-lettered %s (%s) after %d deliveries: %s: %s",
+            self,
+            d.entry_id,
+            reason,
+            d.delivery_count,
+            error_type,
+            message[:300],
+        )
+
+    # --- acks -----------------------------------------------------------------------
+
+    async def _ack_loop(self) -> None:
+        while True:
+            await self._ack_wakeup.wait()
+            self._ack_wakeup.clear()
+            closing = self._acks_closing
+            await self._flush_acks(final=closing)
+            if closing:
+                return
+
+    async def _flush_acks(self, *, final: bool) -> None:
+        failures = 0
+        while self._acks:
+            batch = self._acks[:1000]
+            try:
+                await self._redis.xack(self._stream, self.group, *batch)
+            except Exception as exc:
+                if not is_transient(exc):
+                    if "NOGROUP" in str(exc):
+                        log.warning(
+                            "%s: acks lost with the group; events may repeat", self
+                        )
+                        del self._acks[: len(batch)]
+                        continue
+                    raise
+                failures += 1
+                if final and failures > 5:
+                    log.warning(
+                        "%s: %d ack(s) not written (%s); those events stay pending",
+                        self,
+                        len(self._acks),
+                        exc,
+                    )
+                    return
+                await self._outage(exc)
+                continue
+            del self._acks[: len(batch)]
+            self.stats.acked += len(batch)
+
+    # --- claims ---------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        interval = self.options.effective_claim_interval
+        cursor = "0-0"
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._renew_leases()
+                cursor = await self._claim(cursor)
+                await self._prune_marks()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not is_transient(exc) and "NOGROUP" not in str(exc):
+                    log.exception("%s: claim scan failed", self)
+
+    async def _renew_leases(self) -> None:
+        """Reset the idle time of events this consumer holds, so live members do
+        not claim events that are only slow."""
+        threshold = self.options.claim_idle / 3
+        now = time.monotonic()
+        stale = [d for d in self._held.values() if now - d.touched >= threshold]
+        if not stale:
+            return
+        renewed = await self._redis.xclaim(
+            self._stream,
+            self.group,
+            self.consumer,
+            int(threshold * 1000),
+            [d.entry_id for d in stale],
+            justid=True,
+        )
+        renewed_ids = {_text(cast(bytes, x)) for x in renewed}
+        for d in stale:
+            if d.entry_id in renewed_ids:
+                d.touched = now
+
+    async def _claim(self, cursor: str) -> str:
+        free = self.options.max_in_flight - len(self._held)
+        if free <= 0 or self._stopping.is_set():
+            return cursor
+        response = await self._redis.xautoclaim(
+            self._stream,
+            self.group,
+            self.consumer,
+            int(self.options.claim_idle * 1000),
+            cursor,
+            count=free,
+        )
+        next_cursor = _text(response[0])
+        entries = [e for e in response[1] if _text(e[0]) not in self._held]
+        if entries:
+            counts = await self._delivery_counts(entries)
+            self.stats.claimed += len(entries)
+            log.info(
+                "%s: claimed %d idle event(s) from other consumers", self, len(entries)
+            )
+            await self._admit(entries, counts)
+        return next_cursor
+
+    async def _prune_marks(self) -> None:
+        if not self.options.idempotent:
+            return
+        now = time.monotonic()
+        if now - self._last_prune < _MARK_PRUNE_EVERY:
+            return
+        self._last_prune = now
+        await self._redis.zremrangebyscore(
+            self.keys.done(self.group),
+            "-inf",
+            time.time() - self.options.idempotency_ttl,
+        )
+
+
+def _logical_id(d: _Delivery) -> str:
+    origin = (d.fields or {}).get(F_REDRIVE_ORIGIN)
+    return _text(origin) if origin else d.entry_id
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms or 0), int(seq or 0)
+
+
+def _from_millis(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)

@@ -1,0 +1,142 @@
+"""From a stored event to a call of the right handler method.
+
+Generated code binds each contract once (:func:`bind`), which validates it,
+checks that the generated code is current and compiles a codec per operation. A
+generated dispatcher lists, per operation, the handler method to call; this
+module decodes the payload into typed arguments and makes the call, passing the
+:class:`EventContext` to methods that declare a keyword-only ``context``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
+
+from .codec import OperationCodec
+from .contract import ContractSpec, describe
+from .errors import ContractError, StaleCodeError
+from .events import EventContext
+
+__all__ = ["CompiledContract", "Dispatcher", "Route", "bind", "route"]
+
+H = TypeVar("H")
+
+Call = Callable[[Sequence[Any], EventContext], Awaitable[None]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CompiledContract:
+    """A contract with a codec per operation, ready for producers and consumers."""
+
+    spec: ContractSpec
+    codecs: Mapping[str, OperationCodec]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def operation(self, name: str) -> OperationCodec:
+        """The codec of operation NAME (its wire name)."""
+        try:
+            return self.codecs[name]
+        except KeyError:
+            self.spec.operation(name)  # raises with the list of known names
+            raise
+
+
+def bind(protocol: type, fingerprint: str | None = None) -> CompiledContract:
+    """Validate contract PROTOCOL and compile its codecs.
+
+    Generated code passes the FINGERPRINT of the contract it was generated from;
+    a mismatch means the contract changed since, and raises :class:`StaleCodeError`.
+    """
+    spec = describe(protocol)
+    if fingerprint is not None and spec.fingerprint != fingerprint:
+        raise StaleCodeError(
+            f"the generated code for contract {spec.name} ({spec.module}) is out of "
+            f"date: it was generated from fingerprint {fingerprint}, the contract is "
+            f"now {spec.fingerprint}; run `backbone codegen` on its package"
+        )
+    codecs = {op.name: OperationCodec(op) for op in spec.operations}
+    return CompiledContract(spec, codecs)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Route:
+    """How to handle one operation: its codec and the bound handler call."""
+
+    codec: OperationCodec
+    call: Call
+    handler_name: str
+
+
+def route(codec: OperationCodec, method: Callable[..., Awaitable[None]]) -> Route:
+    """A route calling METHOD with the decoded arguments (and the context, when the
+    method declares a keyword-only or keyword parameter named ``context``)."""
+    name = getattr(method, "__qualname__", repr(method))
+    if not inspect.iscoroutinefunction(method):
+        raise ContractError(
+            f"handler method {name} must be `async def` (it handles "
+            f"{codec.operation.qualified_name})"
+        )
+    takes_context = _accepts_context(method)
+
+    if takes_context:
+
+        async def call(args: Sequence[Any], context: EventContext) -> None:
+            await method(*args, context=context)
+
+    else:
+
+        async def call(args: Sequence[Any], context: EventContext) -> None:
+            await method(*args)
+
+    return Route(codec, call, name)
+
+
+def _accepts_context(method: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+    param = params.get("context")
+    return param is not None and param.kind in (
+        inspect.Parameter.KEYWORD_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    )
+
+
+class Dispatcher(Generic[H]):
+    """Maps operation names to handler calls for one contract and one handler.
+
+    Generated dispatchers subclass it and implement :meth:`routes`.
+    """
+
+    contract: CompiledContract
+
+    def __init__(self, handler: H) -> None:
+        self.handler = handler
+        self._routes = dict(self.routes(handler))
+        missing = [
+            op.name
+            for op in self.contract.spec.operations
+            if op.name not in self._routes
+        ]
+        if missing:
+            raise ContractError(
+                f"dispatcher {type(self).__qualname__} has no route for "
+                f"{', '.join(missing)}; run `backbone codegen` again"
+            )
+
+    def routes(self, handler: H) -> Mapping[str, Route]:
+        raise NotImplementedError
+
+    @property
+    def contract_name(self) -> str:
+        return self.contract.spec.name
+
+    def get(self, operation: str) -> Route | None:
+        """The route of OPERATION, or None for an operation this contract lacks."""
+        return self._routes.get(operation)

@@ -1,0 +1,78 @@
+"""The exceptions backbone raises. Every message names what is wrong and what to do."""
+
+from __future__ import annotations
+
+
+class BackboneError(Exception):
+    """Base class of every error raised by backbone."""
+
+
+class ContractError(BackboneError, TypeError):
+    """A contract cannot be used: the message names the file, line, method and fix."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        contract: str | None = None,
+        method: str | None = None,
+    ) -> None:
+        self.file = file
+        self.line = line
+        self.contract = contract
+        self.method = method
+        where = ""
+        if file is not None:
+            where = f"{file}:{line}: " if line is not None else f"{file}: "
+        what = ""
+        if contract is not None:
+            what = f"{contract}.{method}: " if method is not None else f"{contract}: "
+        self.reason = message
+        super().__init__(f"{where}{what}{message}")
+
+
+class StaleCodeError(BackboneError):
+    """Generated code no longer matches its contract; run `backbone codegen` again."""
+
+
+class ConfigurationError(BackboneError, ValueError):
+    """Options that are invalid or contradict each other."""
+
+
+class ValidationError(BackboneError, ValueError):
+    """An argument given to a producer failed validation; nothing was written."""
+
+    def __init__(self, operation: str, parameter: str, detail: str) -> None:
+        self.operation = operation
+        self.parameter = parameter
+        self.detail = detail
+        super().__init__(
+            f"{operation}: parameter {parameter!r} is invalid, nothing was published: "
+            f"{detail}"
+        )
+
+
+class DecodeError(BackboneError):
+    """A stored event could not be turned back into typed arguments.
+
+    ``reason`` is one of the dead-letter reasons: ``malformed-entry``,
+    ``missing-payload``, ``undecodable``, ``invalid-payload``, ``unknown-operation``.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+class PublishError(BackboneError):
+    """Redis refused a publish; nothing of the failed batch was written."""
+
+
+class PublishTimeout(BackboneError, TimeoutError):
+    """Redis could not be reached within the producer's publish timeout.
+
+    The events of the failed call were not written, or were written exactly once:
+    retries within the timeout are deduplicated by the producer's batch record.
+    """

@@ -1,0 +1,163 @@
+"""Event identity and the metadata a handler can see.
+
+The stream entry of an event holds its metadata under short field names (they are
+repeated in every entry, so short names keep the stream small):
+
+=====  ===================================================  ===========
+field  meaning                                              written by
+=====  ===================================================  ===========
+o      operation name                                       producer
+v      operation version                                    producer
+c      contract name                                        producer
+t      producer time, Unix milliseconds                     producer
+p      producer identity (host:pid:random)                  producer
+co     correlation id (the first event of a causal chain)   producer
+ca     causation id (the event being handled when sent)     producer
+rg     only this consumer group handles the entry           dead-letter retry
+ri     the original event id of a re-driven entry           dead-letter retry
+=====  ===================================================  ===========
+
+The entry id Redis assigns (``<ms>-<seq>``) is the event's id and its position.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+__all__ = [
+    "NO_CONTEXT",
+    "EventContext",
+    "EventId",
+    "current_event",
+]
+
+F_OPERATION: Final = b"o"
+F_VERSION: Final = b"v"
+F_CONTRACT: Final = b"c"
+F_TIME: Final = b"t"
+F_PRODUCER: Final = b"p"
+F_CORRELATION: Final = b"co"
+F_CAUSATION: Final = b"ca"
+F_REDRIVE_GROUP: Final = b"rg"
+F_REDRIVE_ORIGIN: Final = b"ri"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, order=True)
+class EventId:
+    """An event's unique id: its stream and its entry id (also its position).
+
+    ``str(event_id)`` gives ``<stream key>/<entry id>``, the form used for
+    correlation and causation ids.
+    """
+
+    stream: str
+    id: str
+
+    def __str__(self) -> str:
+        return f"{self.stream}/{self.id}"
+
+    @property
+    def millis(self) -> int:
+        """Milliseconds since the Unix epoch at which Redis appended the event."""
+        return int(self.id.split("-", 1)[0])
+
+    @property
+    def sequence(self) -> int:
+        return int(self.id.split("-", 1)[1])
+
+    @property
+    def timestamp(self) -> dt.datetime:
+        """When Redis appended the event (UTC)."""
+        return dt.datetime.fromtimestamp(self.millis / 1000, tz=dt.UTC)
+
+    @classmethod
+    def parse(cls, text: str) -> EventId:
+        """Inverse of ``str()``."""
+        stream, sep, entry = text.rpartition("/")
+        if not sep or not stream or "-" not in entry:
+            raise ValueError(f"{text!r} is not an event id (<stream key>/<ms>-<seq>)")
+        return cls(stream, entry)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EventContext:
+    """What a handler may know about the event it handles.
+
+    A handler method receives it when it declares a keyword-only parameter named
+    ``context``: ``async def packing(self, ..., *, context: EventContext =
+    NO_CONTEXT) -> None``.
+    """
+
+    id: EventId
+    operation: str
+    version: int
+    contract: str
+    producer: str
+    produced_at: dt.datetime | None
+    group: str
+    consumer: str
+    delivery_count: int
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    original_id: EventId | None = None
+    _ack: Callable[[], Awaitable[None]] | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
+
+    @property
+    def event_id(self) -> EventId:
+        """The event's own id: the original one for an entry re-driven from the DLQ."""
+        return self.original_id or self.id
+
+    async def ack(self) -> None:
+        """Acknowledge the event now (for subscriptions with ``AckPolicy.MANUAL``).
+
+        Acking twice, or acking under another policy, does nothing more.
+        """
+        if self._ack is not None:
+            await self._ack()
+
+
+class _NoContext:
+    """Default for a handler's ``context`` parameter when called outside a
+    subscription; any use names the mistake."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> object:
+        raise RuntimeError(
+            f"no event context (reading .{name}): this handler was called directly, "
+            "not by a subscription; pass context=... when calling it yourself"
+        )
+
+    def __repr__(self) -> str:
+        return "NO_CONTEXT"
+
+
+NO_CONTEXT: Final[EventContext] = _NoContext()  # type: ignore[assignment]
+
+_current: contextvars.ContextVar[EventContext | None] = contextvars.ContextVar(
+    "backbone_current_event", default=None
+)
+
+
+def current_event() -> EventContext | None:
+    """The event being handled by this task, or None outside a handler.
+
+    Producers use it to fill in correlation and causation ids.
+    """
+    return _current.get()
+
+
+def set_current_event(
+    context: EventContext | None,
+) -> contextvars.Token[EventContext | None]:
+    return _current.set(context)
+
+
+def reset_current_event(token: contextvars.Token[EventContext | None]) -> None:
+    _current.reset(token)

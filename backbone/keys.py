@@ -1,0 +1,99 @@
+"""Where things live in Redis.
+
+Every key of one event stream shares the hash tag ``{<environment>:<uri>}``, so on a
+Redis Cluster the stream, its payload hashes, its dead letters and its bookkeeping
+live in one slot and can be written together atomically::
+
+    bb:{dev:hello.event-sourcing}                    the stream (metadata entries)
+    bb:{dev:hello.event-sourcing}:p:<entry id>       payload hash of one event
+    bb:{dev:hello.event-sourcing}:dlq                dead-letter stream
+    bb:{dev:hello.event-sourcing}:dlq:p:<group>:<id> payload copy of a dead letter
+    bb:{dev:hello.event-sourcing}:w:<producer>       a producer's last batch (dedupe)
+    bb:{dev:hello.event-sourcing}:done:<group>       a group's idempotency marks
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Final
+
+from .errors import ConfigurationError
+
+__all__ = ["StreamKeys", "validate_part"]
+
+_PART_RE: Final = re.compile(r"^[A-Za-z0-9_.\-/]{1,200}$")
+_GROUP_RE: Final = re.compile(r"^[A-Za-z0-9_.\-/:@]{1,200}$")
+
+PREFIX: Final = "bb"
+
+
+def validate_part(what: str, value: str, *, pattern: re.Pattern[str] = _PART_RE) -> str:
+    """Check an environment, URI, group or consumer name; return it unchanged."""
+    if not isinstance(value, str) or not pattern.match(value):
+        allowed = "letters, digits and _ . - /"
+        if pattern is _GROUP_RE:
+            allowed += " : @"
+        raise ConfigurationError(
+            f"{what} {value!r} is not valid; use 1 to 200 of: {allowed}"
+        )
+    return value
+
+
+def validate_name(what: str, value: str) -> str:
+    """Check a group or consumer name."""
+    return validate_part(what, value, pattern=_GROUP_RE)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StreamKeys:
+    """The Redis keys of one event stream (an environment and a URI)."""
+
+    environment: str
+    uri: str
+
+    def __post_init__(self) -> None:
+        validate_part("environment", self.environment)
+        validate_part("uri", self.uri)
+
+    @property
+    def tag(self) -> str:
+        return f"{{{self.environment}:{self.uri}}}"
+
+    @property
+    def stream(self) -> str:
+        return f"{PREFIX}:{self.tag}"
+
+    @property
+    def payload_prefix(self) -> str:
+        return f"{self.stream}:p:"
+
+    def payload(self, entry_id: str) -> str:
+        return f"{self.payload_prefix}{entry_id}"
+
+    @property
+    def dead_letters(self) -> str:
+        return f"{self.stream}:dlq"
+
+    @property
+    def dead_letter_payload_prefix(self) -> str:
+        return f"{self.dead_letters}:p:"
+
+    def dead_letter_payload(self, group: str, entry_id: str) -> str:
+        return f"{self.dead_letter_payload_prefix}{group}:{entry_id}"
+
+    def writer(self, producer: str) -> str:
+        return f"{self.stream}:w:{producer}"
+
+    def done(self, group: str) -> str:
+        return f"{self.stream}:done:{group}"
+
+    @classmethod
+    def from_stream_key(cls, key: str) -> StreamKeys:
+        """Parse ``bb:{env:uri}`` back into its parts."""
+        match = re.fullmatch(rf"{PREFIX}:\{{([^:{{}}]+):([^{{}}]+)\}}", key)
+        if match is None:
+            raise ConfigurationError(
+                f"{key!r} is not a backbone stream key (expected {PREFIX}:{{env:uri}})"
+            )
+        return cls(match.group(1), match.group(2))

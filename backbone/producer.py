@@ -1,0 +1,390 @@
+"""Publishing events: validate, encode, append payload hash + stream entry atomically.
+
+Calls that arrive while a round trip is under way are coalesced into the next
+one (group commit: no added latency for a lone caller, one script call for many
+concurrent ones). Each round trip is one ``EVALSHA`` of ``lua/publish.lua``,
+which writes every event of the batch or none of them.
+
+A lost connection is retried until ``publish_timeout``; a retried batch carries
+the same batch number, and the script returns the entries the first attempt
+wrote instead of writing them twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+import redis.exceptions as rex
+
+from .codec import OperationCodec
+from .connection import is_transient
+from .errors import ConfigurationError, PublishError, PublishTimeout
+from .events import (
+    F_CAUSATION,
+    F_CONTRACT,
+    F_CORRELATION,
+    F_OPERATION,
+    F_PRODUCER,
+    F_TIME,
+    F_VERSION,
+    EventId,
+    current_event,
+)
+
+if TYPE_CHECKING:
+    from .connection import Backbone
+    from .contract import ContractSpec
+    from .keys import StreamKeys
+
+__all__ = ["Batch", "Producer", "ProducerOptions"]
+
+log = logging.getLogger("backbone.producer")
+
+
+def default_identity() -> str:
+    """host:pid:random, unique per producer instance."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProducerOptions:
+    """How a producer writes.
+
+    publish_timeout: seconds a call may spend retrying a lost connection before it
+        raises :class:`PublishTimeout`.
+    max_batch: most events in one round trip.
+    linger: seconds to wait for more calls before a round trip (0: never wait;
+        calls that arrive during a round trip still share the next one).
+    max_atomic_batch: most events in one ``publish_many`` (all-or-nothing) call.
+    identity: the producer's identity in each event (default host:pid:random).
+    """
+
+    publish_timeout: float = 30.0
+    max_batch: int = 1000
+    linger: float = 0.0
+    max_atomic_batch: int = 10_000
+    identity: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.publish_timeout <= 0:
+            raise ConfigurationError(
+                f"publish_timeout must be > 0 seconds, not {self.publish_timeout!r}"
+            )
+        if self.max_batch < 1:
+            raise ConfigurationError(f"max_batch must be >= 1, not {self.max_batch!r}")
+        if self.linger < 0:
+            raise ConfigurationError(
+                f"linger must be >= 0 seconds, not {self.linger!r}"
+            )
+        if self.max_atomic_batch < 1:
+            raise ConfigurationError(
+                f"max_atomic_batch must be >= 1, not {self.max_atomic_batch!r}"
+            )
+
+
+@dataclasses.dataclass(slots=True)
+class _Item:
+    meta: list[bytes | str]
+    fields: list[bytes]
+    future: asyncio.Future[EventId] | None
+
+
+class Producer:
+    """Appends events to one stream. Usually wrapped by a generated producer class."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        keys: StreamKeys,
+        *,
+        contract: ContractSpec | None = None,
+        options: ProducerOptions | None = None,
+    ) -> None:
+        self.backbone = backbone
+        self.keys = keys
+        self.contract = contract
+        self.options = options or ProducerOptions()
+        self.identity = self.options.identity or default_identity()
+        self._stream = keys.stream
+        self._writer_key = keys.writer(self.identity)
+        self._payload_prefix = keys.payload_prefix
+        self._record_ttl_ms = str(
+            int(max(60.0, 2 * self.options.publish_timeout) * 1000)
+        )
+        self._sequence = 0
+        self._pending: collections.deque[_Item] = collections.deque()
+        self._send_lock = asyncio.Lock()
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # --- public -------------------------------------------------------------------
+
+    async def publish(self, operation: OperationCodec, args: Sequence[Any]) -> EventId:
+        """Validate ARGS for OPERATION, write the event, return its id.
+
+        Raises :class:`~backbone.ValidationError` before anything is written when
+        an argument is invalid, :class:`PublishTimeout` when Redis stays out of
+        reach, :class:`PublishError` when Redis refuses the write.
+        """
+        if self._closed:
+            raise PublishError(f"producer for {self._stream} is closed")
+        item = _Item(self._meta(operation), operation.encode(args), None)
+        if not self._send_lock.locked() and not self._pending:
+            # Nobody is writing: send this event now, from the caller's task.
+            async with self._send_lock:
+                ids = await self._send([item])
+            self._kick()
+            return ids[0]
+        item.future = asyncio.get_running_loop().create_future()
+        self._pending.append(item)
+        self._kick()
+        return await item.future
+
+    async def publish_many(
+        self, calls: Sequence[tuple[OperationCodec, Sequence[Any]]]
+    ) -> list[EventId]:
+        """Write several events as one all-or-nothing step, in order.
+
+        Every argument is validated before anything is written.
+        """
+        self._check_atomic_size(len(calls))
+        return await self._write_atomic([self._prepare(op, args) for op, args in calls])
+
+    def _prepare(self, operation: OperationCodec, args: Sequence[Any]) -> _Item:
+        return _Item(self._meta(operation), operation.encode(args), None)
+
+    async def _write_atomic(self, items: list[_Item]) -> list[EventId]:
+        if not items:
+            return []
+        if self._closed:
+            raise PublishError(f"producer for {self._stream} is closed")
+        async with self._send_lock:
+            ids = await self._send(items, atomic=True)
+        self._kick()
+        return ids
+
+    async def close(self) -> None:
+        """Wait for queued events to be written, then refuse new ones."""
+        self._closed = True
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)
+
+    def _check_atomic_size(self, size: int) -> None:
+        if size > self.options.max_atomic_batch:
+            raise ConfigurationError(
+                f"an atomic batch holds at most {self.options.max_atomic_batch} "
+                f"events, not {size}; split it or raise "
+                "ProducerOptions.max_atomic_batch"
+            )
+
+    # --- internals -----------------------------------------------------------------
+
+    def _meta(self, operation: OperationCodec) -> list[bytes | str]:
+        spec = operation.operation
+        meta: list[bytes | str] = [
+            F_OPERATION,
+            spec.name,
+            F_VERSION,
+            str(spec.version),
+            F_CONTRACT,
+            spec.contract,
+            F_TIME,
+            str(time.time_ns() // 1_000_000),
+            F_PRODUCER,
+            self.identity,
+        ]
+        cause = current_event()
+        if cause is not None:
+            cause_id = str(cause.event_id)
+            meta += [
+                F_CORRELATION,
+                cause.correlation_id or cause_id,
+                F_CAUSATION,
+                cause_id,
+            ]
+        return meta
+
+    def _kick(self) -> None:
+        if self._pending and (self._flusher is None or self._flusher.done()):
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush(), name=f"backbone-producer:{self._stream}"
+            )
+
+    async def _flush(self) -> None:
+        linger = self.options.linger
+        while self._pending:
+            if linger and len(self._pending) < self.options.max_batch:
+                await asyncio.sleep(linger)
+            async with self._send_lock:
+                batch: list[_Item] = []
+                while self._pending and len(batch) < self.options.max_batch:
+                    batch.append(self._pending.popleft())
+                try:
+                    ids = await self._send(batch)
+                except BaseException as exc:
+                    for item in batch:
+                        if item.future is not None and not item.future.done():
+                            item.future.set_exception(
+                                exc
+                                if isinstance(exc, Exception)
+                                else PublishError(
+                                    f"publishing was interrupted ({type(exc).__name__})"
+                                )
+                            )
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for item, event_id in zip(batch, ids, strict=True):
+                    if item.future is not None and not item.future.done():
+                        item.future.set_result(event_id)
+
+    async def _send(self, items: list[_Item], *, atomic: bool = False) -> list[EventId]:
+        """One atomic write of ITEMS, retried on transient errors until the timeout.
+
+        The caller holds the send lock, so a producer has one batch in flight and
+        its batch record always describes the batch being retried. When Redis
+        refuses a coalesced (not ATOMIC) batch, its events are sent one by one so
+        that only the refused ones fail.
+        """
+        self._sequence += 1
+        sequence = str(self._sequence)
+        argv: list[bytes | str] = [
+            self._payload_prefix,
+            sequence,
+            "0",
+            self._record_ttl_ms,
+            str(len(items)),
+        ]
+        for item in items:
+            argv.append(str(len(item.meta)))
+            argv.extend(item.meta)
+            argv.append(str(len(item.fields)))
+            argv.extend(item.fields)
+        deadline = time.monotonic() + self.options.publish_timeout
+        delay = 0.05
+        attempt = 0
+        script = self.backbone.scripts.publish
+        client = self.backbone.redis
+        keys = (self._stream, self._writer_key)
+        while True:
+            attempt += 1
+            try:
+                remaining = deadline - time.monotonic()
+                async with asyncio.timeout(max(remaining, 0.001)):
+                    duplicate, raw_ids = await script.run(client, keys, argv)
+                break
+            except (rex.ResponseError, rex.DataError) as exc:
+                if is_transient(exc):
+                    last_error: BaseException = exc
+                else:
+                    if len(items) > 1 and not atomic:
+                        return await self._send_one_by_one(items)
+                    raise PublishError(
+                        f"Redis refused to append to {self._stream}: {exc}"
+                    ) from exc
+            except TimeoutError as exc:
+                last_error = exc
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                last_error = exc
+            # The outcome of the failed attempt is unknown: retry as a retry, so the
+            # script returns what a first attempt that did get through wrote.
+            argv[2] = "1"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PublishTimeout(
+                    f"could not publish {len(items)} event(s) to {self._stream} within "
+                    f"{self.options.publish_timeout:g}s ({attempt} attempts); last "
+                    f"error: {type(last_error).__name__}: {last_error}. Check that "
+                    f"Redis at {self.backbone!r} is up, or raise "
+                    "ProducerOptions.publish_timeout"
+                ) from last_error
+            if attempt == 1:
+                log.warning(
+                    "publish to %s failed (%s: %s); retrying for up to %.1fs",
+                    self._stream,
+                    type(last_error).__name__,
+                    last_error,
+                    remaining,
+                )
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, 1.0)
+        ids = [EventId(self._stream, _text(raw)) for raw in raw_ids]
+        if duplicate and len(ids) != len(items):
+            raise PublishError(
+                f"a retried batch of {len(items)} event(s) was already written to "
+                f"{self._stream}, but only {len(ids)} of its entries are still there "
+                "(trimmed meanwhile); the events are not written twice"
+            )
+        self.backbone.notify_written(self._stream)
+        return ids
+
+    async def _send_one_by_one(self, items: list[_Item]) -> list[EventId]:
+        """After Redis refused a whole batch, find which events it refuses."""
+        results: list[EventId] = []
+        for item in items:
+            try:
+                (event_id,) = await self._send([item], atomic=True)
+            except PublishError as exc:
+                if item.future is None:
+                    raise
+                item.future.set_exception(exc)
+                results.append(EventId(self._stream, "0-0"))
+                continue
+            results.append(event_id)
+        return results
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+class Batch:
+    """Events collected in an ``async with`` block and written all-or-nothing when
+    it ends without an exception (an exception discards them).
+
+    Each event is validated when added. After the block, :attr:`event_ids` holds
+    the ids in the order the events were added.
+    """
+
+    def __init__(self, producer: Producer) -> None:
+        self.producer = producer
+        self.event_ids: list[EventId] = []
+        self._items: list[_Item] = []
+        self._written = False
+
+    def add(self, operation: OperationCodec, args: Sequence[Any]) -> None:
+        """Validate and queue one event (generated batch methods call this)."""
+        if self._written:
+            raise PublishError("this batch was already written; start a new one")
+        self.producer._check_atomic_size(len(self._items) + 1)
+        self._items.append(self.producer._prepare(operation, args))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        items, self._items = self._items, []
+        if exc_type is not None:
+            return
+        self._written = True
+        self.event_ids = await self.producer._write_atomic(items)

@@ -1,0 +1,1 @@
+"""Sample event contracts and the modules `backbone codegen contracts` makes of them."""

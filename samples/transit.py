@@ -1,0 +1,16 @@
+"""Answer each step with the next: ``python -m samples.transit`` (group "transit")."""
+
+from __future__ import annotations
+
+from contracts.shipment_tracking_gen import shipment_tracking_producer
+
+from .common import URI
+from .handlers import Transit
+from .service import run
+
+if __name__ == "__main__":
+    run(
+        __doc__ or "",
+        "transit",
+        lambda bus: Transit(shipment_tracking_producer(bus, URI)),
+    )

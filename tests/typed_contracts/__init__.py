@@ -1,0 +1,1 @@
+"""Contracts used by the tests, with their generated modules."""
