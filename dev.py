@@ -80,7 +80,16 @@ def main(argv: list[str]) -> int:
             [str(python), "-m", "ruff", "check", "."],
             [str(python), "-m", "ruff", "format", "--check", "."],
             [str(python), "-m", "mypy", "backbone", "codegen", "contracts", "samples"],
-            [str(python), "-m", "backbone", "codegen", "--check", "contracts"],
+            [str(python), "-m", "mypy", "tests/typed_contracts"],
+            [
+                str(python),
+                "-m",
+                "backbone",
+                "codegen",
+                "--check",
+                "contracts",
+                "tests/typed_contracts",
+            ],
         ]
         for step in steps:
             print("$", " ".join(step[1:]), flush=True)

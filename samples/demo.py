@@ -43,17 +43,16 @@ async def run_demo(
         console.print(f"backbone demo on {where}, stream {bus.keys(uri).stream}")
         producer = shipment_tracking_producer(bus, uri)
         reporter = Reporter(expected=orders)
+        printer = Printer(
+            lambda line: console.print(line, highlight=False), expected=4 * orders
+        )
         start = backbone.StartFrom.BEGINNING
         subscriptions = [
             subscribe_shipment_tracking(
                 bus, uri, Transit(producer), group="transit", start=start
             ),
             subscribe_shipment_tracking(
-                bus,
-                uri,
-                Printer(lambda line: console.print(line, highlight=False)),
-                group="consumer",
-                start=start,
+                bus, uri, printer, group="consumer", start=start
             ),
             subscribe_shipment_tracking(
                 bus, uri, reporter, group="reporter", start=start
@@ -67,7 +66,9 @@ async def run_demo(
                 user, product = order(index)
                 await producer.order_placed(user, product, now())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(reporter.done.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await reporter.done.wait()
+                    await printer.done.wait()
         finally:
             for sub in subscriptions:
                 await sub.stop()

@@ -40,10 +40,24 @@ class Transit:
 
 
 class Printer:
-    """Prints every step as it flows (group "consumer")."""
+    """Prints every step as it flows (group "consumer").
 
-    def __init__(self, write: Callable[[str], None] = print) -> None:
-        self.write = write
+    ``done`` is set once EXPECTED steps have been printed.
+    """
+
+    def __init__(
+        self, write: Callable[[str], None] = print, expected: int | None = None
+    ) -> None:
+        self._write = write
+        self.printed = 0
+        self.expected = expected
+        self.done = asyncio.Event()
+
+    def write(self, line: str) -> None:
+        self._write(line)
+        self.printed += 1
+        if self.expected is not None and self.printed >= self.expected:
+            self.done.set()
 
     async def order_placed(
         self,

@@ -31,9 +31,12 @@ local prefix = ARGV[1]
 local ids = {}
 local pos = 6
 
-local function rollback(count, err)
-  for j = 1, count do
+-- Undo the first ENTRIES stream entries and the first HASHES payload hashes.
+local function rollback(entries, hashes, err)
+  for j = 1, entries do
     redis.call('XDEL', stream, ids[j])
+  end
+  for j = 1, hashes do
     redis.call('DEL', prefix .. ids[j])
   end
   return redis.error_reply(err)
@@ -43,7 +46,7 @@ for i = 1, n do
   local m = tonumber(ARGV[pos])
   local added = redis.pcall('XADD', stream, '*', unpack(ARGV, pos + 1, pos + m))
   if type(added) == 'table' and added.err then
-    return rollback(i - 1, added.err)
+    return rollback(i - 1, i - 1, added.err)
   end
   ids[i] = added
   pos = pos + m + 1
@@ -51,7 +54,7 @@ for i = 1, n do
   if f > 0 then
     local written = redis.pcall('HSET', prefix .. added, unpack(ARGV, pos + 1, pos + f))
     if type(written) == 'table' and written.err then
-      return rollback(i, written.err)
+      return rollback(i, i - 1, written.err)
     end
   end
   pos = pos + f + 1

@@ -1,0 +1,93 @@
+"""Handlers and builders the tests share."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import decimal
+from collections import Counter
+from typing import Any
+
+import backbone
+from contracts.shipment_tracking import Product, User
+
+UTC = dt.UTC
+
+
+def user(index: int = 1) -> User:
+    return User(id=index, name=f"User {index}", email=f"user{index}@example.com")
+
+
+def product(index: int = 1) -> Product:
+    return Product(
+        id=100 + index, name=f"Widget {index}", price=decimal.Decimal("9.99")
+    )
+
+
+def moment(second: int = 0) -> dt.datetime:
+    return dt.datetime(2026, 11, 23, 12, 0, second, 123456, tzinfo=UTC)
+
+
+class Recorder:
+    """A ShipmentTracking handler that records every call with its context."""
+
+    def __init__(self, name: str = "recorder") -> None:
+        self.name = name
+        self.calls: list[tuple[str, tuple[Any, ...], backbone.EventContext]] = []
+        self.changed = asyncio.Event()
+
+    def _record(
+        self, op: str, args: tuple[Any, ...], context: backbone.EventContext
+    ) -> None:
+        self.calls.append((op, args, context))
+        self.changed.set()
+
+    @property
+    def ids(self) -> list[str]:
+        return [context.id.id for _, _, context in self.calls]
+
+    def count(self) -> int:
+        return len(self.calls)
+
+    def duplicates(self) -> int:
+        return sum(n - 1 for n in Counter(self.ids).values() if n > 1)
+
+    async def order_placed(
+        self,
+        user: User,
+        product: Product,
+        time: dt.datetime,
+        *,
+        context: backbone.EventContext = backbone.NO_CONTEXT,
+    ) -> None:
+        self._record("order_placed", (user, product, time), context)
+
+    async def packing(
+        self,
+        email: str,
+        product_id: int,
+        time: dt.datetime,
+        *,
+        context: backbone.EventContext = backbone.NO_CONTEXT,
+    ) -> None:
+        self._record("packing", (email, product_id, time), context)
+
+    async def on_delivery(
+        self,
+        email: str,
+        product_id: int,
+        time: dt.datetime,
+        *,
+        context: backbone.EventContext = backbone.NO_CONTEXT,
+    ) -> None:
+        self._record("on_delivery", (email, product_id, time), context)
+
+    async def on_received(
+        self,
+        email: str,
+        product_id: int,
+        time: dt.datetime,
+        *,
+        context: backbone.EventContext = backbone.NO_CONTEXT,
+    ) -> None:
+        self._record("on_received", (email, product_id, time), context)

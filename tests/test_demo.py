@@ -1,0 +1,53 @@
+"""`backbone demo` runs the whole shipment flow and exits 0, on both backends."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_demo(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != "BACKBONE_REDIS_URL"}
+    environ.update(env or {})
+    environ["COLUMNS"] = "200"
+    return subprocess.run(
+        [sys.executable, "-m", "backbone", "demo", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environ,
+    )
+
+
+def check_output(result: subprocess.CompletedProcess[str], orders: int) -> None:
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    for step in ("order_placed", "packing", "on_delivery", "on_received"):
+        assert out.count(f"  {step} ") == orders, step
+    assert f"{orders} order(s) placed, {orders} received (all received)" in out
+
+
+def test_demo_on_embedded_redis() -> None:
+    result = run_demo("--orders", "4")
+    check_output(result, 4)
+    assert "embedded Redis" in result.stdout
+
+
+def test_demo_on_real_redis_via_option_and_env(real_url: str) -> None:
+    result = run_demo("--orders", "3", "--redis-url", real_url)
+    check_output(result, 3)
+    assert real_url in result.stdout
+    check_output(run_demo("--orders", "2", env={"BACKBONE_REDIS_URL": real_url}), 2)
+    # The demo removes its stream afterwards.
+    client = redis.Redis.from_url(real_url)
+    assert list(client.scan_iter(match="bb:{demo:*")) == []
+    client.close()

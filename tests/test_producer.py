@@ -1,0 +1,113 @@
+"""Producer behaviour under lost replies and outages (real Redis behind a proxy)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import urlparse
+
+import pytest
+
+import backbone
+from conftest import drop_environment, free_port
+from contracts.shipment_tracking_gen import shipment_tracking_producer
+from helpers import moment
+from proxy import FlakyProxy
+
+URI = "orders"
+
+
+@pytest.fixture
+async def proxy(real_url: str) -> AsyncIterator[FlakyProxy]:
+    target = urlparse(real_url)
+    flaky = await FlakyProxy(
+        target.hostname or "127.0.0.1", target.port or 6379
+    ).start()
+    try:
+        yield flaky
+    finally:
+        await flaky.close()
+
+
+@pytest.fixture
+async def direct(real_url: str, environment: str) -> AsyncIterator[backbone.Backbone]:
+    connection = backbone.Backbone(real_url, environment=environment)
+    try:
+        yield connection
+    finally:
+        await drop_environment(connection)
+        await connection.close()
+
+
+async def test_lost_reply_is_retried_without_duplicate(
+    proxy: FlakyProxy, direct: backbone.Backbone, environment: str
+) -> None:
+    async with backbone.Backbone(proxy.url, environment=environment) as bus:
+        producer = shipment_tracking_producer(bus, URI)
+        await producer.packing("warm@example.com", 0, moment())  # connection is open
+        proxy.drop_replies(1)
+        event_id = await producer.packing("a@example.com", 1, moment())
+        assert proxy.dropped == 1
+    entries = await direct.redis.xrange(direct.keys(URI).stream)
+    assert [e[0].decode() for e in entries][1:] == [event_id.id]
+    assert await direct.redis.exists(direct.keys(URI).payload(event_id.id)) == 1
+
+
+async def test_lost_reply_of_a_coalesced_batch_is_not_duplicated(
+    proxy: FlakyProxy, direct: backbone.Backbone, environment: str
+) -> None:
+    async with backbone.Backbone(proxy.url, environment=environment) as bus:
+        producer = shipment_tracking_producer(bus, URI)
+        await producer.packing("warm@example.com", 0, moment())
+        proxy.drop_replies(1)
+        results = await asyncio.gather(
+            *(producer.packing(f"u{i}@example.com", i, moment()) for i in range(50))
+        )
+    entries = await direct.redis.xrange(direct.keys(URI).stream)
+    assert len(entries) == 51
+    assert [e[0].decode() for e in entries][1:] == [r.id for r in results]
+
+
+async def test_publish_during_outage_times_out_clearly(
+    proxy: FlakyProxy, direct: backbone.Backbone, environment: str
+) -> None:
+    options = backbone.ProducerOptions(publish_timeout=0.5)
+    async with backbone.Backbone(proxy.url, environment=environment) as bus:
+        producer = shipment_tracking_producer(bus, URI, options=options)
+        await producer.packing("warm@example.com", 0, moment())
+        proxy.refuse(True)
+        started = time.monotonic()
+        with pytest.raises(backbone.PublishTimeout) as caught:
+            await producer.packing("lost@example.com", 1, moment())
+        assert time.monotonic() - started < 5
+        message = str(caught.value)
+        assert bus.keys(URI).stream in message
+        assert "publish_timeout" in message
+        # Redis comes back: the producer works again without being rebuilt.
+        proxy.refuse(False)
+        event_id = await producer.packing("back@example.com", 2, moment())
+    entries = await direct.redis.xrange(direct.keys(URI).stream)
+    assert [e[0].decode() for e in entries][-1] == event_id.id
+    assert len(entries) == 2
+
+
+async def test_unreachable_server_raises_publish_timeout(environment: str) -> None:
+    options = backbone.ProducerOptions(publish_timeout=0.3)
+    async with backbone.Backbone(
+        f"redis://127.0.0.1:{free_port()}/0", environment=environment
+    ) as bus:
+        producer = shipment_tracking_producer(bus, URI, options=options)
+        with pytest.raises(backbone.PublishTimeout, match="could not publish 1 event"):
+            await producer.packing("a@example.com", 1, moment())
+
+
+def test_options_fail_fast() -> None:
+    with pytest.raises(backbone.ConfigurationError, match="publish_timeout"):
+        backbone.ProducerOptions(publish_timeout=0)
+    with pytest.raises(backbone.ConfigurationError, match="max_batch"):
+        backbone.ProducerOptions(max_batch=0)
+    with pytest.raises(backbone.ConfigurationError, match="Redis URL"):
+        backbone.Backbone("http://localhost")
+    with pytest.raises(backbone.ConfigurationError, match="environment"):
+        backbone.Backbone("memory://", environment="bad{tag}")
