@@ -121,6 +121,10 @@ class Backbone:
     ``memory://`` for an embedded in-process Redis (fakeredis): good for tests and
     demos, private to this process. Use it as an async context manager, or call
     :meth:`close`.
+
+    ``command_timeout`` bounds every command, so a server that stops answering
+    (frozen, or a network that drops packets silently) is noticed; a subscription's
+    ``block`` must be shorter.
     """
 
     def __init__(
@@ -130,15 +134,19 @@ class Backbone:
         environment: str = "dev",
         client_name: str | None = None,
         connect_timeout: float = 5.0,
+        command_timeout: float = 10.0,
         max_connections: int | None = None,
     ) -> None:
+        if command_timeout <= 0 or connect_timeout <= 0:
+            raise ConfigurationError("connect_timeout and command_timeout must be > 0")
         self.environment = validate_part("environment", environment)
+        self.command_timeout = command_timeout
         self.url = url
         self.embedded = url.startswith(EMBEDDED_SCHEME)
         self.scripts = Scripts()
         self._wakeups = _Wakeups() if self.embedded else None
         self.redis: aioredis.Redis = self._client(
-            url, client_name, connect_timeout, max_connections
+            url, client_name, connect_timeout, command_timeout, max_connections
         )
         self._closed = False
 
@@ -154,6 +162,7 @@ class Backbone:
         url: str,
         client_name: str | None,
         connect_timeout: float,
+        command_timeout: float,
         max_connections: int | None,
     ) -> aioredis.Redis:
         if self.embedded:
@@ -173,6 +182,7 @@ class Backbone:
             url,
             retry=Retry(NoBackoff(), 0),
             socket_connect_timeout=connect_timeout,
+            socket_timeout=command_timeout,
             socket_keepalive=True,
             health_check_interval=30,
             client_name=client_name,

@@ -84,6 +84,7 @@ class SubscriptionStats:
     duplicates_skipped: int = 0
     acked: int = 0
     claimed: int = 0
+    claim_scans: int = 0
     recovered: int = 0
     max_in_flight_seen: int = 0
     reconnects: int = 0
@@ -142,6 +143,12 @@ class Subscription:
         self.group = validate_name("group", group)
         self.consumer = validate_name("consumer", consumer or default_consumer_name())
         self.options = options or SubscriptionOptions()
+        if self.options.block + 1 > backbone.command_timeout:
+            raise ConfigurationError(
+                f"block ({self.options.block:g}s) must be at least 1s shorter than the "
+                f"connection's command_timeout ({backbone.command_timeout:g}s); lower "
+                "block or raise Backbone(command_timeout=...)"
+            )
         self.start_id = self._start_id(start)
         self.stats = SubscriptionStats()
         self._redis = backbone.redis
@@ -212,8 +219,11 @@ class Subscription:
 
     @property
     def in_flight(self) -> int:
-        """Events read and not finished yet."""
-        return len(self._held)
+        """Events read and not yet finished and acknowledged."""
+        return len(self._held) + len(self._acks)
+
+    def _free_room(self) -> int:
+        return self.options.max_in_flight - len(self._held) - len(self._acks)
 
     async def stop(self) -> None:
         """Stop reading, let running handlers finish (``shutdown_timeout``), ack them
@@ -369,11 +379,12 @@ class Subscription:
     # --- reading --------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        if not self._noack:
-            await self._guarded(self._recover_pending)
+        while not self._noack and not self._stopping.is_set():
+            if await self._guarded(self._recover_pending):
+                break
         block_ms = max(1, int(self.options.block * 1000))
         while not self._stopping.is_set():
-            free = self.options.max_in_flight - len(self._held)
+            free = self._free_room()
             if free <= 0:
                 self._room.clear()
                 await self._room.wait()
@@ -445,11 +456,11 @@ class Subscription:
         ]
         return entries
 
-    async def _recover_pending(self) -> None:
+    async def _recover_pending(self) -> bool:
         """Handle this consumer's own pending entries (left by an earlier run)."""
         cursor = "0-0"
         while not self._stopping.is_set():
-            free = self.options.max_in_flight - len(self._held)
+            free = self._free_room()
             if free <= 0:
                 self._room.clear()
                 await self._room.wait()
@@ -457,7 +468,7 @@ class Subscription:
             entries = await self._read(cursor, free, None)
             entries = [e for e in entries if _text(e[0]) not in self._held]
             if not entries:
-                return
+                return True
             cursor = _text(entries[-1][0])
             counts = await self._delivery_counts(entries)
             self.stats.recovered += len(entries)
@@ -467,6 +478,7 @@ class Subscription:
                 len(entries),
             )
             await self._admit(entries, counts)
+        return True
 
     async def _delivery_counts(
         self, entries: Sequence[tuple[bytes, Any]]
@@ -528,8 +540,8 @@ class Subscription:
         for d in deliveries:
             self._held[d.entry_id] = d
             self._queue.put_nowait(d)
-        if len(self._held) > self.stats.max_in_flight_seen:
-            self.stats.max_in_flight_seen = len(self._held)
+        if self.in_flight > self.stats.max_in_flight_seen:
+            self.stats.max_in_flight_seen = self.in_flight
 
     def _mine(self, fields: dict[bytes, bytes]) -> bool:
         only = fields.get(F_REDRIVE_GROUP)
@@ -638,7 +650,9 @@ class Subscription:
                 else:
                     async with asyncio.timeout(opts.handler_timeout):
                         await route.call(args, context)
-            except Exception as exc:
+            except (Exception, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
+                    raise  # the subscription is stopping: the event stays pending
                 self.stats.failed += 1
                 if d.delivery_count >= opts.retry.max_deliveries:
                     await self._dead_letter(
@@ -895,6 +909,7 @@ class Subscription:
                 continue
             del self._acks[: len(batch)]
             self.stats.acked += len(batch)
+            self._room.set()
 
     # --- claims ---------------------------------------------------------------------
 
@@ -935,9 +950,10 @@ class Subscription:
                 d.touched = now
 
     async def _claim(self, cursor: str) -> str:
-        free = self.options.max_in_flight - len(self._held)
+        free = self._free_room()
         if free <= 0 or self._stopping.is_set():
             return cursor
+        self.stats.claim_scans += 1
         response = await self._redis.xautoclaim(
             self._stream,
             self.group,
@@ -969,6 +985,11 @@ class Subscription:
             "-inf",
             time.time() - self.options.idempotency_ttl,
         )
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _logical_id(d: _Delivery) -> str:

@@ -91,3 +91,50 @@ class Recorder:
         context: backbone.EventContext = backbone.NO_CONTEXT,
     ) -> None:
         self._record("on_received", (email, product_id, time), context)
+
+
+class Flaky(Recorder):
+    """Records every attempt of `packing`; fails the first FAILURES attempts of each
+    event, and waits on GATE (when given) before finishing."""
+
+    def __init__(
+        self,
+        failures: int = 0,
+        gate: asyncio.Event | None = None,
+        error: type[Exception] = RuntimeError,
+        manual_ack: bool = False,
+    ) -> None:
+        super().__init__("flaky")
+        self.failures = failures
+        self.gate = gate
+        self.error = error
+        self.manual_ack = manual_ack
+        self.attempts: Counter[str] = Counter()
+        self.running = 0
+        self.started: list[str] = []
+        self.finished: list[str] = []
+
+    async def packing(
+        self,
+        email: str,
+        product_id: int,
+        time: dt.datetime,
+        *,
+        context: backbone.EventContext = backbone.NO_CONTEXT,
+    ) -> None:
+        event = context.event_id.id  # the original id, also for re-driven events
+        self.attempts[event] += 1
+        self.started.append(event)
+        self.running += 1
+        self.changed.set()
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            if self.attempts[event] <= self.failures:
+                raise self.error(f"attempt {self.attempts[event]} of {event} failed")
+            self._record("packing", (email, product_id, time), context)
+            if self.manual_ack and product_id % 2 == 0:
+                await context.ack()
+            self.finished.append(event)
+        finally:
+            self.running -= 1
