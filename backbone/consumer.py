@@ -167,6 +167,7 @@ class Subscription:
         self._reader: asyncio.Task[None] | None = None
         self._completion: asyncio.Future[None] | None = None
         self._last_prune = 0.0
+        self._needs_recovery = False
         self._handler_names = {
             op.name: f"{type(dispatcher.handler).__qualname__}.{op.method}"
             for op in dispatcher.contract.spec.operations
@@ -379,11 +380,13 @@ class Subscription:
     # --- reading --------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        while not self._noack and not self._stopping.is_set():
-            if await self._guarded(self._recover_pending):
-                break
+        self._needs_recovery = not self._noack
         block_ms = max(1, int(self.options.block * 1000))
         while not self._stopping.is_set():
+            if self._needs_recovery:
+                if await self._guarded(self._recover_pending):
+                    self._needs_recovery = False
+                continue
             free = self._free_room()
             if free <= 0:
                 self._room.clear()
@@ -457,28 +460,49 @@ class Subscription:
         return entries
 
     async def _recover_pending(self) -> bool:
-        """Handle this consumer's own pending entries (left by an earlier run)."""
-        cursor = "0-0"
+        """Take back this consumer's pending entries that it does not hold: those
+        an earlier run left, or those whose payloads could not be fetched.
+
+        XPENDING lists them without touching them; XCLAIM (to ourselves) counts the
+        new delivery and drops entries deleted meanwhile from the pending list.
+        """
+        start = "-"
         while not self._stopping.is_set():
             free = self._free_room()
             if free <= 0:
                 self._room.clear()
                 await self._room.wait()
                 continue
-            entries = await self._read(cursor, free, None)
-            entries = [e for e in entries if _text(e[0]) not in self._held]
-            if not entries:
-                return True
-            cursor = _text(entries[-1][0])
-            counts = await self._delivery_counts(entries)
-            self.stats.recovered += len(entries)
-            log.info(
-                "%s: re-processing %d pending event(s) of an earlier run",
-                self,
-                len(entries),
+            rows = await self._redis.xpending_range(
+                self._stream,
+                self.group,
+                min=start,
+                max="+",
+                count=free,
+                consumername=self.consumer,
             )
-            await self._admit(entries, counts)
-        return True
+            if not rows:
+                return True
+            start = "(" + _text(cast(bytes, rows[-1]["message_id"]))
+            counts = {
+                _text(cast(bytes, row["message_id"])): int(row["times_delivered"]) + 1
+                for row in rows
+            }
+            ids: list[Any] = [i for i in counts if i not in self._held]
+            if not ids:
+                continue
+            entries = await self._redis.xclaim(
+                self._stream, self.group, self.consumer, 0, ids
+            )
+            if entries:
+                self.stats.recovered += len(entries)
+                log.info(
+                    "%s: re-processing %d pending event(s) of this consumer",
+                    self,
+                    len(entries),
+                )
+                await self._admit(cast(Any, entries), counts)
+        return False
 
     async def _delivery_counts(
         self, entries: Sequence[tuple[bytes, Any]]
@@ -522,14 +546,9 @@ class Subscription:
             if d.fields is not None and self._mine(d.fields) and F_OPERATION in d.fields
         ]
         if wanted:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for d in wanted:
-                    pipe.hgetall(self.keys.payload(d.entry_id))
-                if self.options.idempotent:
-                    pipe.zmscore(
-                        self.keys.done(self.group), [_logical_id(d) for d in wanted]
-                    )
-                results = await pipe.execute()
+            results = await self._fetch_payloads(wanted)
+            if results is None:
+                return  # stopping: the entries stay pending with this consumer
             for d, payload in zip(wanted, results, strict=False):
                 d.payload = payload
             if self.options.idempotent:
@@ -542,6 +561,28 @@ class Subscription:
             self._queue.put_nowait(d)
         if self.in_flight > self.stats.max_in_flight_seen:
             self.stats.max_in_flight_seen = self.in_flight
+
+    async def _fetch_payloads(self, wanted: list[_Delivery]) -> list[Any] | None:
+        """HGETALL every payload (and the idempotency marks) in one pipeline,
+        retried through outages: the entries are already this consumer's."""
+        while True:
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for d in wanted:
+                        pipe.hgetall(self.keys.payload(d.entry_id))
+                    if self.options.idempotent:
+                        pipe.zmscore(
+                            self.keys.done(self.group), [_logical_id(d) for d in wanted]
+                        )
+                    results: list[Any] = await pipe.execute()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                if self._stopping.is_set():
+                    return None
+                await self._outage(exc)
+                continue
+            return results
 
     def _mine(self, fields: dict[bytes, bytes]) -> bool:
         only = fields.get(F_REDRIVE_GROUP)
@@ -569,7 +610,7 @@ class Subscription:
 
     async def _process(self, d: _Delivery) -> None:
         fields = d.fields
-        if fields is None:
+        if not fields:
             # Deleted from the stream (trimmed) while pending: nothing to handle.
             log.info(
                 "%s: pending entry %s no longer exists; acking it", self, d.entry_id
@@ -925,6 +966,9 @@ class Subscription:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                # Entries claimed before the failure are this consumer's now: the
+                # reader takes them back from the pending list.
+                self._needs_recovery = True
                 if not is_transient(exc) and "NOGROUP" not in str(exc):
                     log.exception("%s: claim scan failed", self)
 
