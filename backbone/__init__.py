@@ -19,6 +19,7 @@ from .errors import (
     DecodeError,
     PublishError,
     PublishTimeout,
+    ReplicationTimeout,
     StaleCodeError,
     ValidationError,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "ProducerOptions",
     "PublishError",
     "PublishTimeout",
+    "ReplicationTimeout",
     "RetryPolicy",
     "Route",
     "StaleCodeError",

@@ -8,6 +8,8 @@ modules never import it.
 from __future__ import annotations
 
 import asyncio
+import base64
+import datetime as dt
 import json
 import logging
 import sys
@@ -192,13 +194,29 @@ def dlq_list(
     total, found = _run(go)
     if as_json:
         for letter in found:
-            console.print_json(json.dumps(_letter_json(letter), default=str))
+            sys.stdout.write(
+                json.dumps(_letter_json(letter), default=_json_default) + "\n"
+            )
         return
     console.print(
         f"{total} dead letter(s) in stream {uri!r} ({environment})", highlight=False
     )
     if found:
         console.print(_letters_table(found))
+
+
+def _json_default(value: object) -> object:
+    """JSON for what msgpack payloads may hold beyond JSON's types."""
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return "base64:" + base64.b64encode(value).decode()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    return str(value)
 
 
 def _letter_json(
@@ -245,7 +263,7 @@ def dlq_show(
         errors.print(f"no dead letter {dead_letter_id} in stream {uri!r}")
         raise typer.Exit(1)
     letter, payload = found
-    console.print_json(json.dumps(_letter_json(letter, payload), default=str))
+    console.print_json(json.dumps(_letter_json(letter, payload), default=_json_default))
 
 
 def _resolve_ids(

@@ -80,6 +80,29 @@ class Script:
             await client.script_load(self.source)
             return await client.evalsha(self.sha, len(keys), *keys, *args)
 
+    async def run_and_wait(
+        self,
+        client: aioredis.Redis,
+        keys: Sequence[str | bytes],
+        args: Sequence[Any],
+        replicas: int,
+        timeout_ms: int,
+    ) -> tuple[Any, int]:
+        """Run the script, then ``WAIT`` on the same connection for REPLICAS to
+        confirm its writes; returns (script result, replicas that confirmed)."""
+        for attempt in (1, 2):
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+                pipe.execute_command("WAIT", replicas, timeout_ms)
+                result, confirmed = await pipe.execute(raise_on_error=False)
+            if isinstance(result, rex.NoScriptError) and attempt == 1:
+                await client.script_load(self.source)
+                continue
+            if isinstance(result, Exception):
+                raise result
+            return result, int(confirmed)
+        raise AssertionError("unreachable")  # pragma: no cover
+
 
 class Scripts:
     """The scripts backbone runs, compiled once per connection."""

@@ -70,6 +70,20 @@ class PublishError(BackboneError):
     """Redis refused a publish; nothing of the failed batch was written."""
 
 
+class ReplicationTimeout(PublishError):
+    """The events were written to the primary, but fewer replicas than
+    ``ProducerOptions.min_replicas`` confirmed them within ``replica_timeout``.
+
+    They are not lost on the primary; a failover before the replicas catch up
+    could lose them. ``event_ids`` names them; do not publish them again blindly.
+    """
+
+    def __init__(self, message: str, event_ids: list[object], replicas: int) -> None:
+        super().__init__(message)
+        self.event_ids = event_ids
+        self.replicas = replicas
+
+
 class PublishTimeout(BackboneError, TimeoutError):
     """Redis could not be reached within the producer's publish timeout.
 

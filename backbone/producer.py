@@ -28,7 +28,12 @@ import redis.exceptions as rex
 
 from .codec import OperationCodec
 from .connection import is_transient
-from .errors import ConfigurationError, PublishError, PublishTimeout
+from .errors import (
+    ConfigurationError,
+    PublishError,
+    PublishTimeout,
+    ReplicationTimeout,
+)
 from .events import (
     F_CAUSATION,
     F_CONTRACT,
@@ -67,6 +72,8 @@ class ProducerOptions:
         calls that arrive during a round trip still share the next one).
     max_atomic_batch: most events in one ``publish_many`` (all-or-nothing) call.
     identity: the producer's identity in each event (default host:pid:random).
+    min_replicas: after each write, ``WAIT`` until this many replicas confirmed it;
+        fewer within ``replica_timeout`` seconds raises :class:`ReplicationTimeout`.
     """
 
     publish_timeout: float = 30.0
@@ -74,6 +81,8 @@ class ProducerOptions:
     linger: float = 0.0
     max_atomic_batch: int = 10_000
     identity: str | None = None
+    min_replicas: int = 0
+    replica_timeout: float = 1.0
 
     def __post_init__(self) -> None:
         if self.publish_timeout <= 0:
@@ -85,6 +94,11 @@ class ProducerOptions:
         if self.linger < 0:
             raise ConfigurationError(
                 f"linger must be >= 0 seconds, not {self.linger!r}"
+            )
+        if self.min_replicas < 0 or self.replica_timeout <= 0:
+            raise ConfigurationError(
+                "min_replicas must be >= 0 and replica_timeout > 0 seconds, not "
+                f"{self.min_replicas!r} and {self.replica_timeout!r}"
             )
         if self.max_atomic_batch < 1:
             raise ConfigurationError(
@@ -231,6 +245,13 @@ class Producer:
                     batch.append(self._pending.popleft())
                 try:
                     ids = await self._send(batch)
+                except ReplicationTimeout as exc:
+                    for item, event_id in zip(batch, exc.event_ids, strict=True):
+                        if item.future is not None and not item.future.done():
+                            item.future.set_exception(
+                                ReplicationTimeout(str(exc), [event_id], exc.replicas)
+                            )
+                    continue
                 except BaseException as exc:
                     for item in batch:
                         if item.future is not None and not item.future.done():
@@ -276,12 +297,23 @@ class Producer:
         script = self.backbone.scripts.publish
         client = self.backbone.redis
         keys = (self._stream, self._writer_key)
+        wait = self.options.min_replicas
+        wait_ms = int(self.options.replica_timeout * 1000)
+        replicas = 0
         while True:
             attempt += 1
             try:
                 remaining = deadline - time.monotonic()
-                async with asyncio.timeout(max(remaining, 0.001)):
-                    duplicate, raw_ids = await script.run(client, keys, argv)
+                async with asyncio.timeout(
+                    max(remaining, 0.001)
+                    + (self.options.replica_timeout if wait else 0)
+                ):
+                    if wait:
+                        (duplicate, raw_ids), replicas = await script.run_and_wait(
+                            client, keys, argv, wait, wait_ms
+                        )
+                    else:
+                        duplicate, raw_ids = await script.run(client, keys, argv)
                 break
             except (rex.ResponseError, rex.DataError) as exc:
                 if is_transient(exc):
@@ -328,6 +360,15 @@ class Producer:
                 "(trimmed meanwhile); the events are not written twice"
             )
         self.backbone.notify_written(self._stream)
+        if wait and replicas < wait:
+            raise ReplicationTimeout(
+                f"{len(ids)} event(s) written to {self._stream}, but only {replicas} "
+                f"of {wait} replica(s) confirmed within "
+                f"{self.options.replica_timeout:g}s; they are on the primary and would "
+                "be lost only by a failover before the replicas catch up",
+                list(ids),
+                replicas,
+            )
         return ids
 
     async def _send_one_by_one(self, items: list[_Item]) -> list[EventId]:

@@ -184,10 +184,11 @@ async def test_a_sigkill_of_one_of_three_consumers_loses_nothing(
 
 
 @pytest.fixture
-def durable_server() -> Iterator[RedisServer]:
+def durable_server(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
+    fsync = request.param
     with tempfile.TemporaryDirectory(prefix="backbone-aof-") as tmp:
         server = RedisServer(
-            free_port(), Path(tmp), "--appendonly", "yes", "--appendfsync", "always"
+            free_port(), Path(tmp), "--appendonly", "yes", "--appendfsync", fsync
         )
         server.start()
         try:
@@ -196,7 +197,11 @@ def durable_server() -> Iterator[RedisServer]:
             server.stop()
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize(
+    ("durable_server", "how"),
+    [("always", "SIGKILL"), ("everysec", "SIGKILL"), ("everysec", "SIGTERM")],
+    indirect=["durable_server"],
+)
 async def test_b_redis_restart_loses_no_acknowledged_publish(
     durable_server: RedisServer,
     environment: str,
@@ -236,7 +241,7 @@ async def test_b_redis_restart_loses_no_acknowledged_publish(
             reconnects += (await workers.stats(name)).get("reconnects", 0)
         report(
             capsys,
-            f"b: redis-server {how} + restart (appendfsync always)",
+            f"b: redis-server {how} + restart (appendfsync {durable_server.extra[-1]})",
             events=len(acknowledged),
             stored=len(stored),
             handled=len(seen),

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+import redis.asyncio
 
 import backbone
-from conftest import drop_environment, free_port
+from conftest import RedisServer, drop_environment, eventually, free_port
 from contracts.shipment_tracking_gen import shipment_tracking_producer
 from helpers import moment
 from proxy import FlakyProxy
@@ -111,3 +114,55 @@ def test_options_fail_fast() -> None:
         backbone.Backbone("http://localhost")
     with pytest.raises(backbone.ConfigurationError, match="environment"):
         backbone.Backbone("memory://", environment="bad{tag}")
+
+
+async def test_min_replicas_raises_when_no_replica_confirms(
+    direct: backbone.Backbone,
+) -> None:
+    options = backbone.ProducerOptions(min_replicas=1, replica_timeout=0.05)
+    producer = shipment_tracking_producer(direct, URI, options=options)
+    with pytest.raises(backbone.ReplicationTimeout) as caught:
+        await producer.packing("a@example.com", 1, moment())
+    assert caught.value.replicas == 0
+    (event_id,) = caught.value.event_ids
+    assert isinstance(event_id, backbone.EventId)
+    entries = await direct.redis.xrange(direct.keys(URI).stream)
+    assert [e[0].decode() for e in entries] == [event_id.id]
+
+
+async def test_min_replicas_waits_for_a_real_replica(
+    environment: str, real_url: str
+) -> None:
+    with tempfile.TemporaryDirectory() as one, tempfile.TemporaryDirectory() as two:
+        primary = RedisServer(free_port(), Path(one))
+        primary.start()
+        replica = RedisServer(
+            free_port(), Path(two), "--replicaof", "127.0.0.1", str(primary.port)
+        )
+        replica.start()
+        try:
+            follower = redis.asyncio.Redis(port=replica.port)
+
+            async def linked() -> bool:
+                info = await follower.info("replication")
+                return info.get("master_link_status") == "up"
+
+            await eventually(linked, timeout=20, message="replica linked")
+            options = backbone.ProducerOptions(min_replicas=1, replica_timeout=5)
+            async with backbone.Backbone(primary.url, environment=environment) as bus:
+                producer = shipment_tracking_producer(bus, URI, options=options)
+                ids = await asyncio.gather(
+                    *(
+                        producer.packing(f"u{i}@example.com", i, moment())
+                        for i in range(20)
+                    )
+                )
+                # WAIT returned: the replica has every event already.
+                copied = await follower.xrange(bus.keys(URI).stream)
+                assert [e[0].decode() for e in copied] == [i.id for i in ids]
+                payload = await follower.hgetall(bus.keys(URI).payload(ids[-1].id))
+                assert set(payload) == {b"email", b"product_id", b"time"}
+            await follower.aclose()
+        finally:
+            replica.stop()
+            primary.stop()
