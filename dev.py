@@ -98,7 +98,7 @@ def main(argv: list[str]) -> int:
                 return code
         return 0
     if command == "bench":
-        python = ensure_env("dev,bench")
+        python = ensure_env("dev")
         return subprocess.call([str(python), "-m", "benchmarks", *rest])
     if command == "shell":
         python = ensure_env("dev")

@@ -48,7 +48,24 @@ EXT_DECIMAL: Final = 5
 EXT_TIMEDELTA: Final = 6
 
 _MICROS: Final = struct.Struct(">q")
-_FAST_TYPES: Final = frozenset({str, int, float, bool, bytes})
+# Bare annotations whose values need no validation when they already have the
+# exact type (strict validation of such a value returns it unchanged), and which
+# msgpack gives back with that exact type.
+_EXACT_TYPES: Final = frozenset(
+    {
+        str,
+        int,
+        float,
+        bool,
+        bytes,
+        dt.datetime,
+        dt.date,
+        dt.time,
+        dt.timedelta,
+        uuid.UUID,
+        decimal.Decimal,
+    }
+)
 
 
 def _default(obj: object) -> object:
@@ -94,6 +111,37 @@ def _ext_hook(code: int, data: bytes) -> object:
     return msgpack.ExtType(code, data)
 
 
+def _ext(code: int, data: bytes) -> bytes:
+    """The msgpack encoding of extension CODE with body DATA."""
+    size = len(data)
+    fixed = _FIXEXT.get(size)
+    if fixed is not None:
+        return bytes((fixed, code)) + data
+    if size < 0x100:
+        return bytes((0xC7, size, code)) + data
+    if size < 0x10000:
+        return b"\xc8" + size.to_bytes(2, "big") + bytes((code,)) + data
+    return b"\xc9" + size.to_bytes(4, "big") + bytes((code,)) + data
+
+
+_FIXEXT: Final = {1: 0xD4, 2: 0xD5, 4: 0xD6, 8: 0xD7, 16: 0xD8}
+
+
+def _pack_datetime(value: dt.datetime) -> bytes:
+    return _ext(EXT_DATETIME, value.isoformat().encode())
+
+
+def _pack_uuid(value: uuid.UUID) -> bytes:
+    return _ext(EXT_UUID, value.bytes)
+
+
+# Exact-type values with a direct encoding (no msgpack default hook).
+_DIRECT: Final[dict[type, Callable[[Any], bytes]]] = {
+    dt.datetime: _pack_datetime,
+    uuid.UUID: _pack_uuid,
+}
+
+
 def pack_value(value: object) -> bytes:
     """msgpack VALUE with backbone's extension types (no validation)."""
     packed: bytes = msgpack.packb(value, default=_default, use_bin_type=True)
@@ -108,7 +156,15 @@ def unpack_value(data: bytes) -> Any:
 class _Param:
     """Encoder and decoder of one parameter."""
 
-    __slots__ = ("adapter", "default", "encode", "field", "has_default", "name")
+    __slots__ = (
+        "adapter",
+        "default",
+        "encode",
+        "exact",
+        "field",
+        "has_default",
+        "name",
+    )
 
     def __init__(self, spec: ParamSpec, packer: msgpack.Packer) -> None:
         self.name = spec.name
@@ -116,24 +172,38 @@ class _Param:
         self.has_default = spec.has_default
         self.default = spec.default
         self.adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(spec.annotation)
-        self.encode = self._encoder(spec.annotation, packer)
+        self.exact: type | None = (
+            spec.annotation if spec.annotation in _EXACT_TYPES else None
+        )
+        self.encode = self._encoder(packer)
 
-    def _encoder(
-        self, annotation: Any, packer: msgpack.Packer
-    ) -> Callable[[Any], bytes]:
+    def _encoder(self, packer: msgpack.Packer) -> Callable[[Any], bytes]:
         pack = packer.pack
         adapter = self.adapter
-        if annotation in _FAST_TYPES:
-            exact: type = annotation
+        exact = self.exact
 
-            def encode_fast(value: Any) -> bytes:
+        direct = _DIRECT.get(exact) if exact is not None else None
+        if exact is not None and direct is not None:
+
+            def encode_direct(value: Any) -> bytes:
+                if type(value) is exact:
+                    return direct(value)
+                return pack(  # type: ignore[no-any-return]
+                    adapter.dump_python(adapter.validate_python(value, strict=True))
+                )
+
+            return encode_direct
+
+        if exact is not None:
+
+            def encode_exact(value: Any) -> bytes:
                 if type(value) is exact:
                     return pack(value)  # type: ignore[no-any-return]
                 return pack(  # type: ignore[no-any-return]
                     adapter.dump_python(adapter.validate_python(value, strict=True))
                 )
 
-            return encode_fast
+            return encode_exact
 
         def encode(value: Any) -> bytes:
             valid = adapter.validate_python(value, strict=True)
@@ -145,20 +215,25 @@ class _Param:
 class OperationCodec:
     """Encodes and decodes the arguments of one operation."""
 
-    __slots__ = ("_by_field", "_params", "operation")
+    __slots__ = ("_params", "operation")
 
     def __init__(self, operation: OperationSpec) -> None:
         self.operation = operation
         packer = msgpack.Packer(default=_default, use_bin_type=True, autoreset=True)
         self._params = tuple(_Param(p, packer) for p in operation.params)
-        self._by_field = {p.field: p for p in self._params}
 
     @property
     def parameter_names(self) -> tuple[str, ...]:
         return tuple(p.name for p in self._params)
 
+    @property
+    def field_names(self) -> tuple[bytes, ...]:
+        """The payload hash's field names, in parameter order."""
+        return tuple(p.field for p in self._params)
+
     def encode(self, args: Sequence[Any]) -> list[bytes]:
-        """Validate ARGS (in parameter order) into flat ``[field, value, ...]``.
+        """Validate ARGS (in parameter order) into the hash values, in the order of
+        :attr:`field_names`.
 
         Raises :class:`ValidationError` naming the parameter; nothing is written.
         """
@@ -181,36 +256,8 @@ class OperationCodec:
                 raise ValidationError(
                     self.operation.qualified_name, param.name, str(exc)
                 ) from exc
-            out.append(param.field)
             out.append(encoded)
         return out
-
-    def bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Any]:
-        """Arrange positional and keyword ARGS into parameter order, with defaults."""
-        values = list(args)
-        if len(values) > len(self._params):
-            raise ValidationError(
-                self.operation.qualified_name,
-                "*",
-                f"takes {len(self._params)} arguments, {len(values)} given",
-            )
-        for param in self._params[len(values) :]:
-            if param.name in kwargs:
-                values.append(kwargs[param.name])
-            elif param.has_default:
-                values.append(param.default)
-            else:
-                raise ValidationError(
-                    self.operation.qualified_name, param.name, "missing argument"
-                )
-        unknown = set(kwargs) - {p.name for p in self._params}
-        if unknown:
-            raise ValidationError(
-                self.operation.qualified_name,
-                sorted(unknown)[0],
-                "no such parameter",
-            )
-        return values
 
     def decode(self, fields: Mapping[bytes, bytes]) -> list[Any]:
         """Decode a payload hash into arguments in parameter order.
@@ -240,6 +287,9 @@ class OperationCodec:
                     f"{self.operation.qualified_name}: field {param.name!r} is not "
                     f"valid msgpack ({type(exc).__name__}: {exc})",
                 ) from exc
+            if type(obj) is param.exact:
+                args.append(obj)
+                continue
             try:
                 args.append(param.adapter.validate_python(obj))
             except pydantic.ValidationError as exc:

@@ -19,6 +19,7 @@ once idle for ``claim_idle``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import datetime as dt
@@ -64,6 +65,8 @@ __all__ = ["Subscription", "SubscriptionStats"]
 log = logging.getLogger("backbone.consumer")
 
 _MAX_ERROR_TEXT: Final = 2000
+_YIELD_EVERY: Final = 64
+_ACK_DELAY: Final = 0.002
 _MARK_PRUNE_EVERY: Final = 60.0
 
 
@@ -154,13 +157,19 @@ class Subscription:
         self._redis = backbone.redis
         self._stream = keys.stream
         self._noack = self.options.ack is AckPolicy.ON_RECEIPT
-        self._queue: asyncio.Queue[_Delivery | None] = asyncio.Queue()
+        self._ready: collections.deque[_Delivery] = collections.deque()
+        self._ready_signal = asyncio.Event()
+        self._workers_closing = False
         self._held: dict[str, _Delivery] = {}
+        self._read_script = backbone.scripts.read
+        self._prefix = keys.payload_prefix
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
         self._acks: list[str] = []
         self._ack_wakeup = asyncio.Event()
         self._acks_closing = False
+        self._acks_sending = 0
+        self._low_water = max(1, self.options.max_in_flight // 4)
         self._last_seen = "0-0"
         self._outage_since: float | None = None
         self._task: asyncio.Task[None] | None = None
@@ -221,10 +230,15 @@ class Subscription:
     @property
     def in_flight(self) -> int:
         """Events read and not yet finished and acknowledged."""
-        return len(self._held) + len(self._acks)
+        return len(self._held) + len(self._acks) + self._acks_sending
 
     def _free_room(self) -> int:
-        return self.options.max_in_flight - len(self._held) - len(self._acks)
+        """Room for reads that leave queued acks where they are."""
+        return self.options.max_in_flight - self.in_flight
+
+    def _read_room(self) -> int:
+        """Room for read.lua, which writes the queued acks before it reads."""
+        return self.options.max_in_flight - len(self._held) - self._acks_sending
 
     async def stop(self) -> None:
         """Stop reading, let running handlers finish (``shutdown_timeout``), ack them
@@ -322,12 +336,10 @@ class Subscription:
             with contextlib.suppress(asyncio.CancelledError):
                 await claimer
         # Events read but not started stay pending (this consumer's PEL).
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
-            if item is not None:
-                self._held.pop(item.entry_id, None)
-        for _ in workers:
-            self._queue.put_nowait(None)
+        while self._ready:
+            self._held.pop(self._ready.popleft().entry_id, None)
+        self._workers_closing = True
+        self._ready_signal.set()
         _, late = await asyncio.wait(workers, timeout=self.options.shutdown_timeout)
         for task in late:
             task.cancel()
@@ -387,20 +399,68 @@ class Subscription:
                 if await self._guarded(self._recover_pending):
                     self._needs_recovery = False
                 continue
-            free = self._free_room()
-            if free <= 0:
+            free = self._read_room()
+            if free <= 0 or (free < self._low_water and self._held):
+                # Wait for a quarter of the room, so reads stay large under load.
                 self._room.clear()
                 await self._room.wait()
                 continue
             wakeup = self.backbone.wakeup_event(self._stream)
-            entries = await self._guarded(self._read, ">", free, block_ms)
-            if entries is None:
-                continue
-            if entries:
-                await self._admit(entries, None)
-            elif wakeup is not None:
+            last = await self._guarded(self._read_batch, free)
+            if last is None or last is True:
+                continue  # failed (retry after the outage pause) or got entries
+            # Nothing new: wait until the stream grows past its last entry.
+            if wakeup is not None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wakeup.wait(), self.options.block)
+            else:
+                await self._guarded(self._wait_for_entries, last, block_ms)
+
+    async def _read_batch(self, count: int) -> str | bool:
+        """One call of read.lua: ack what finished, read new entries with their
+        payloads. True when it got entries, else the stream's last entry id."""
+        keys: tuple[str, ...] = (self._stream,)
+        if self.options.idempotent:
+            keys = (self._stream, self.keys.done(self.group))
+        acks, self._acks = self._acks, []
+        self._acks_sending += len(acks)
+        try:
+            reply: list[Any] = await self._read_script.run(
+                self._redis,
+                keys,
+                (
+                    self.group,
+                    self.consumer,
+                    count,
+                    "1" if self._noack else "0",
+                    self._prefix,
+                    *acks,
+                ),
+            )
+        except BaseException:
+            self._acks[:0] = acks
+            raise
+        finally:
+            self._acks_sending -= len(acks)
+        self.stats.acked += len(acks)
+        head = reply[0]
+        if head is not None:
+            return _text(head)
+        now = time.monotonic()
+        deliveries: list[_Delivery] = []
+        for n in range(1, len(reply), 4):
+            entry_id = reply[n].decode()
+            d = _Delivery(entry_id, _pairs(reply[n + 1]), 1, now)
+            d.payload = _pairs(reply[n + 2])
+            d.done_mark = reply[n + 3] is not None
+            deliveries.append(d)
+        self._last_seen = deliveries[-1].entry_id
+        self._enqueue(deliveries)
+        return True
+
+    async def _wait_for_entries(self, last: str, block_ms: int) -> None:
+        """Block (XREAD, which consumes nothing) until an entry after LAST exists."""
+        await self._redis.xread({self._stream: last}, count=1, block=block_ms)
 
     async def _guarded(self, fn: Any, *args: Any) -> Any:
         """Run FN; survive lost connections and a vanished group. None on failure."""
@@ -440,24 +500,6 @@ class Subscription:
             )
         await asyncio.sleep(self._outage_delay)
         self._outage_delay = min(self._outage_delay * 2, 2.0)
-
-    async def _read(
-        self, start: str, count: int, block_ms: int | None
-    ) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
-        response = await self._redis.xreadgroup(
-            self.group,
-            self.consumer,
-            {self._stream: start},
-            count=count,
-            block=block_ms,
-            noack=self._noack,
-        )
-        if not response:
-            return []
-        entries: list[tuple[bytes, dict[bytes, bytes] | None]] = cast(Any, response)[0][
-            1
-        ]
-        return entries
 
     async def _recover_pending(self) -> bool:
         """Take back this consumer's pending entries that it does not hold: those
@@ -527,7 +569,7 @@ class Subscription:
         entries: Sequence[tuple[bytes, dict[bytes, bytes] | None]],
         counts: dict[str, int] | None,
     ) -> None:
-        """Fetch the payloads of ENTRIES (one pipeline) and queue them."""
+        """Fetch the payloads of claimed or recovered ENTRIES and queue them."""
         now = time.monotonic()
         deliveries: list[_Delivery] = []
         for raw_id, fields in entries:
@@ -555,10 +597,15 @@ class Subscription:
                 scores = results[-1]
                 for d, score in zip(wanted, scores, strict=True):
                     d.done_mark = score is not None
-        self.stats.received += len(deliveries)
+        self._enqueue(deliveries)
+
+    def _enqueue(self, deliveries: list[_Delivery]) -> None:
+        held = self._held
         for d in deliveries:
-            self._held[d.entry_id] = d
-            self._queue.put_nowait(d)
+            held[d.entry_id] = d
+        self._ready.extend(deliveries)
+        self._ready_signal.set()
+        self.stats.received += len(deliveries)
         if self.in_flight > self.stats.max_in_flight_seen:
             self.stats.max_in_flight_seen = self.in_flight
 
@@ -591,10 +638,16 @@ class Subscription:
     # --- handling -------------------------------------------------------------------
 
     async def _worker(self) -> None:
+        ready = self._ready
+        handled = 0
         while True:
-            delivery = await self._queue.get()
-            if delivery is None:
-                return
+            if not ready:
+                if self._workers_closing:
+                    return
+                self._ready_signal.clear()
+                await self._ready_signal.wait()
+                continue
+            delivery = ready.popleft()
             try:
                 await self._process(delivery)
             except asyncio.CancelledError:
@@ -607,6 +660,10 @@ class Subscription:
             finally:
                 self._held.pop(delivery.entry_id, None)
                 self._room.set()
+            handled += 1
+            if handled % _YIELD_EVERY == 0:
+                # Handlers that never suspend would starve the reader and acker.
+                await asyncio.sleep(0)
 
     async def _process(self, d: _Delivery) -> None:
         fields = d.fields
@@ -682,15 +739,20 @@ class Subscription:
         args: list[Any],
     ) -> None:
         opts = self.options
+        method = route.method
         while True:
-            context = self._context(d, fields, operation)
+            context = _LazyContext(self, d, fields, operation)
             token = set_current_event(context)
             try:
+                if route.takes_context:
+                    call = method(*args, context=context())
+                else:
+                    call = method(*args)
                 if opts.handler_timeout is None:
-                    await route.call(args, context)
+                    await call
                 else:
                     async with asyncio.timeout(opts.handler_timeout):
-                        await route.call(args, context)
+                        await call
             except (Exception, asyncio.CancelledError) as exc:
                 if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
                     raise  # the subscription is stopping: the event stays pending
@@ -918,6 +980,10 @@ class Subscription:
             await self._ack_wakeup.wait()
             self._ack_wakeup.clear()
             closing = self._acks_closing
+            if not closing:
+                # Under load the reader carries the acks with its next read; give
+                # it the chance before spending a round trip on them.
+                await asyncio.sleep(_ACK_DELAY)
             await self._flush_acks(final=closing)
             if closing:
                 return
@@ -926,16 +992,16 @@ class Subscription:
         failures = 0
         while self._acks:
             batch = self._acks[:1000]
+            del self._acks[:1000]
+            self._acks_sending += len(batch)
             try:
                 await self._redis.xack(self._stream, self.group, *batch)
             except Exception as exc:
+                if "NOGROUP" in str(exc):
+                    log.warning("%s: acks lost with the group; events may repeat", self)
+                    continue
+                self._acks[:0] = batch
                 if not is_transient(exc):
-                    if "NOGROUP" in str(exc):
-                        log.warning(
-                            "%s: acks lost with the group; events may repeat", self
-                        )
-                        del self._acks[: len(batch)]
-                        continue
                     raise
                 failures += 1
                 if final and failures > 5:
@@ -948,9 +1014,10 @@ class Subscription:
                     return
                 await self._outage(exc)
                 continue
-            del self._acks[: len(batch)]
+            finally:
+                self._acks_sending -= len(batch)
+                self._room.set()
             self.stats.acked += len(batch)
-            self._room.set()
 
     # --- claims ---------------------------------------------------------------------
 
@@ -1029,6 +1096,38 @@ class Subscription:
             "-inf",
             time.time() - self.options.idempotency_ttl,
         )
+
+
+class _LazyContext:
+    """Builds a delivery's EventContext on first use, then keeps it."""
+
+    __slots__ = ("_d", "_fields", "_made", "_operation", "_sub")
+
+    def __init__(
+        self,
+        sub: Subscription,
+        d: _Delivery,
+        fields: dict[bytes, bytes],
+        operation: str,
+    ) -> None:
+        self._sub = sub
+        self._d = d
+        self._fields = fields
+        self._operation = operation
+        self._made: EventContext | None = None
+
+    def __call__(self) -> EventContext:
+        if self._made is None:
+            self._made = self._sub._context(self._d, self._fields, self._operation)
+        return self._made
+
+
+def _pairs(flat: list[Any] | None) -> dict[bytes, bytes]:
+    """A flat [field, value, ...] reply as a dict."""
+    if not flat:
+        return {}
+    it = iter(flat)
+    return dict(zip(it, it))  # noqa: B905 - pairs by construction
 
 
 def _being_cancelled() -> bool:

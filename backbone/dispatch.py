@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 from .codec import OperationCodec
 from .contract import ContractSpec, describe
 from .errors import ContractError, StaleCodeError
-from .events import EventContext
 
 __all__ = ["CompiledContract", "Dispatcher", "Route", "bind", "route"]
 
 H = TypeVar("H")
-
-Call = Callable[[Sequence[Any], EventContext], Awaitable[None]]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -65,10 +62,12 @@ def bind(protocol: type, fingerprint: str | None = None) -> CompiledContract:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Route:
-    """How to handle one operation: its codec and the bound handler call."""
+    """How to handle one operation: its codec and the bound handler method, which
+    takes the decoded arguments (and ``context=`` when TAKES_CONTEXT)."""
 
     codec: OperationCodec
-    call: Call
+    method: Callable[..., Awaitable[None]]
+    takes_context: bool
     handler_name: str
 
 
@@ -81,19 +80,7 @@ def route(codec: OperationCodec, method: Callable[..., Awaitable[None]]) -> Rout
             f"handler method {name} must be `async def` (it handles "
             f"{codec.operation.qualified_name})"
         )
-    takes_context = _accepts_context(method)
-
-    if takes_context:
-
-        async def call(args: Sequence[Any], context: EventContext) -> None:
-            await method(*args, context=context)
-
-    else:
-
-        async def call(args: Sequence[Any], context: EventContext) -> None:
-            await method(*args)
-
-    return Route(codec, call, name)
+    return Route(codec, method, _accepts_context(method), name)
 
 
 def _accepts_context(method: Callable[..., Any]) -> bool:

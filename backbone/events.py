@@ -140,7 +140,10 @@ class _NoContext:
 
 NO_CONTEXT: Final[EventContext] = _NoContext()  # type: ignore[assignment]
 
-_current: contextvars.ContextVar[EventContext | None] = contextvars.ContextVar(
+# The event being handled: a context, or a function that builds it on first use
+# (most handlers never look at it, so the consumer does not build it up front).
+_Current = EventContext | Callable[[], EventContext] | None
+_current: contextvars.ContextVar[_Current] = contextvars.ContextVar(
     "backbone_current_event", default=None
 )
 
@@ -150,14 +153,15 @@ def current_event() -> EventContext | None:
 
     Producers use it to fill in correlation and causation ids.
     """
-    return _current.get()
+    value = _current.get()
+    if value is None or isinstance(value, EventContext):
+        return value
+    return value()
 
 
-def set_current_event(
-    context: EventContext | None,
-) -> contextvars.Token[EventContext | None]:
+def set_current_event(context: _Current) -> contextvars.Token[_Current]:
     return _current.set(context)
 
 
-def reset_current_event(token: contextvars.Token[EventContext | None]) -> None:
+def reset_current_event(token: contextvars.Token[_Current]) -> None:
     _current.reset(token)

@@ -40,7 +40,6 @@ from .events import (
     F_CORRELATION,
     F_OPERATION,
     F_PRODUCER,
-    F_TIME,
     F_VERSION,
     EventId,
     current_event,
@@ -108,8 +107,13 @@ class ProducerOptions:
 
 @dataclasses.dataclass(slots=True)
 class _Item:
-    meta: list[bytes | str]
-    fields: list[bytes]
+    """One event ready to send: its operation, producer time, extra metadata
+    (correlation and causation) and encoded parameter values."""
+
+    operation: OperationCodec
+    millis: int
+    extra: tuple[bytes | str, ...]
+    values: list[bytes]
     future: asyncio.Future[EventId] | None
 
 
@@ -139,6 +143,7 @@ class Producer:
         self._pending: collections.deque[_Item] = collections.deque()
         self._send_lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
+        self._templates: dict[OperationCodec, list[bytes | str | int]] = {}
         self._closed = False
 
     # --- public -------------------------------------------------------------------
@@ -152,7 +157,7 @@ class Producer:
         """
         if self._closed:
             raise PublishError(f"producer for {self._stream} is closed")
-        item = _Item(self._meta(operation), operation.encode(args), None)
+        item = self._prepare(operation, args)
         if not self._send_lock.locked() and not self._pending:
             # Nobody is writing: send this event now, from the caller's task.
             async with self._send_lock:
@@ -175,7 +180,10 @@ class Producer:
         return await self._write_atomic([self._prepare(op, args) for op, args in calls])
 
     def _prepare(self, operation: OperationCodec, args: Sequence[Any]) -> _Item:
-        return _Item(self._meta(operation), operation.encode(args), None)
+        values = operation.encode(args)
+        return _Item(
+            operation, time.time_ns() // 1_000_000, self._extra_meta(), values, None
+        )
 
     async def _write_atomic(self, items: list[_Item]) -> list[EventId]:
         if not items:
@@ -203,30 +211,35 @@ class Producer:
 
     # --- internals -----------------------------------------------------------------
 
-    def _meta(self, operation: OperationCodec) -> list[bytes | str]:
-        spec = operation.operation
-        meta: list[bytes | str] = [
-            F_OPERATION,
-            spec.name,
-            F_VERSION,
-            str(spec.version),
-            F_CONTRACT,
-            spec.contract,
-            F_TIME,
-            str(time.time_ns() // 1_000_000),
-            F_PRODUCER,
-            self.identity,
-        ]
-        cause = current_event()
-        if cause is not None:
-            cause_id = str(cause.event_id)
-            meta += [
-                F_CORRELATION,
-                cause.correlation_id or cause_id,
-                F_CAUSATION,
-                cause_id,
+    def _template(self, operation: OperationCodec) -> list[bytes | str | int]:
+        """The arguments describing OPERATION once per batch (see publish.lua)."""
+        template = self._templates.get(operation)
+        if template is None:
+            spec = operation.operation
+            fields = operation.field_names
+            template = [
+                8,
+                F_OPERATION,
+                spec.name,
+                F_VERSION,
+                str(spec.version),
+                F_CONTRACT,
+                spec.contract,
+                F_PRODUCER,
+                self.identity,
+                len(fields),
+                *fields,
             ]
-        return meta
+            self._templates[operation] = template
+        return template
+
+    @staticmethod
+    def _extra_meta() -> tuple[bytes | str, ...]:
+        cause = current_event()
+        if cause is None:
+            return ()
+        cause_id = str(cause.event_id)
+        return (F_CORRELATION, cause.correlation_id or cause_id, F_CAUSATION, cause_id)
 
     def _kick(self) -> None:
         if self._pending and (self._flusher is None or self._flusher.done()):
@@ -279,18 +292,29 @@ class Producer:
         """
         self._sequence += 1
         sequence = str(self._sequence)
-        argv: list[bytes | str] = [
+        argv: list[bytes | str | int] = [
             self._payload_prefix,
             sequence,
             "0",
             self._record_ttl_ms,
-            str(len(items)),
+            len(items),
+            0,
         ]
+        numbers: dict[OperationCodec, int] = {}
+        body: list[bytes | str | int] = []
         for item in items:
-            argv.append(str(len(item.meta)))
-            argv.extend(item.meta)
-            argv.append(str(len(item.fields)))
-            argv.extend(item.fields)
+            number = numbers.get(item.operation)
+            if number is None:
+                number = numbers[item.operation] = len(numbers) + 1
+                argv.extend(self._template(item.operation))
+            body.append(number)
+            body.append(item.millis)
+            body.append(len(item.extra))
+            if item.extra:
+                body.extend(item.extra)
+            body.extend(item.values)
+        argv[5] = len(numbers)
+        argv.extend(body)
         deadline = time.monotonic() + self.options.publish_timeout
         delay = 0.05
         attempt = 0
@@ -352,7 +376,8 @@ class Producer:
                 )
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, 1.0)
-        ids = [EventId(self._stream, _text(raw)) for raw in raw_ids]
+        stream = self._stream
+        ids = [EventId(stream, raw.decode()) for raw in raw_ids]
         if duplicate and len(ids) != len(items):
             raise PublishError(
                 f"a retried batch of {len(items)} event(s) was already written to "
@@ -385,10 +410,6 @@ class Producer:
                 continue
             results.append(event_id)
         return results
-
-
-def _text(raw: bytes | str) -> str:
-    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 class Batch:

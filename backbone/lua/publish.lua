@@ -8,7 +8,14 @@
 -- ARGV[3]  "1" when this call retries a batch whose outcome is unknown
 -- ARGV[4]  batch record time to live, milliseconds
 -- ARGV[5]  number of events N
--- then N times: M, M metadata field/value strings, F, F payload field/value strings
+-- ARGV[6]  number of templates T (one per operation in the batch), then T times:
+--            M, M metadata field/value strings, F, F payload field names
+-- then N times:
+--            template number (1-based), producer time, X, X extra metadata
+--            field/value strings, then the template's F payload values
+--
+-- Templates keep the per-event arguments to what differs between events, which
+-- is what the client has to pack and Redis has to parse.
 --
 -- Returns {duplicate (0|1), {entry id, ...}}.
 local stream = KEYS[1]
@@ -28,36 +35,67 @@ if ARGV[3] == '1' and ARGV[2] ~= '' then
 end
 
 local prefix = ARGV[1]
+local metas, hashes, widths = {}, {}, {}
+local pos = 7
+for t = 1, tonumber(ARGV[6]) do
+  local m = tonumber(ARGV[pos])
+  local meta = {}
+  for j = 1, m do meta[j] = ARGV[pos + j] end
+  meta[m + 1] = 't'
+  meta[m + 2] = ''
+  pos = pos + m + 1
+  local f = tonumber(ARGV[pos])
+  local hash = {}
+  for j = 1, f do
+    hash[2 * j - 1] = ARGV[pos + j]
+    hash[2 * j] = ''
+  end
+  pos = pos + f + 1
+  metas[t], hashes[t], widths[t] = meta, hash, f
+end
+
 local ids = {}
-local pos = 6
 
 -- Undo the first ENTRIES stream entries and the first HASHES payload hashes.
-local function rollback(entries, hashes, err)
+local function rollback(entries, hashes_written, err)
   for j = 1, entries do
     redis.call('XDEL', stream, ids[j])
   end
-  for j = 1, hashes do
+  for j = 1, hashes_written do
     redis.call('DEL', prefix .. ids[j])
   end
   return redis.error_reply(err)
 end
 
 for i = 1, n do
-  local m = tonumber(ARGV[pos])
-  local added = redis.pcall('XADD', stream, '*', unpack(ARGV, pos + 1, pos + m))
+  local t = tonumber(ARGV[pos])
+  local meta = metas[t]
+  local m = #meta
+  meta[m] = ARGV[pos + 1]
+  local x = tonumber(ARGV[pos + 2])
+  local added
+  if x == 0 then
+    added = redis.pcall('XADD', stream, '*', unpack(meta))
+  else
+    local full = {unpack(meta)}
+    for j = 1, x do full[m + j] = ARGV[pos + 2 + j] end
+    added = redis.pcall('XADD', stream, '*', unpack(full))
+  end
   if type(added) == 'table' and added.err then
     return rollback(i - 1, i - 1, added.err)
   end
   ids[i] = added
-  pos = pos + m + 1
-  local f = tonumber(ARGV[pos])
+  pos = pos + 3 + x
+  local f = widths[t]
   if f > 0 then
-    local written = redis.pcall('HSET', prefix .. added, unpack(ARGV, pos + 1, pos + f))
+    local hash = hashes[t]
+    for j = 1, f do hash[2 * j] = ARGV[pos + j - 1] end
+    local written = redis.pcall('HSET', prefix .. added, unpack(hash))
     if type(written) == 'table' and written.err then
       return rollback(i, i - 1, written.err)
     end
   end
-  pos = pos + f + 1
+  pos = pos + f
 end
 
 if ARGV[2] ~= '' and n > 0 then
