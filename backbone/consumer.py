@@ -351,7 +351,11 @@ class Subscription:
                 len(late),
                 self.options.shutdown_timeout,
             )
-            await asyncio.gather(*late, return_exceptions=True)
+            # A cancel can be lost inside a Redis command a handler makes; do not
+            # wait for such a handler for ever.
+            _, stuck = await asyncio.wait(late, timeout=1.0)
+            for task in stuck:
+                task.add_done_callback(_discard_outcome)
         self._acks_closing = True
         self._ack_wakeup.set()
         try:
@@ -409,6 +413,10 @@ class Subscription:
             last = await self._guarded(self._read_batch, free)
             if last is None or last is True:
                 continue  # failed (retry after the outage pause) or got entries
+            if self._stopping.is_set():
+                # A stop's cancel can be lost inside a command that completes
+                # (redis-py catches it there); never start blocking after a stop.
+                break
             # Nothing new: wait until the stream grows past its last entry.
             if wakeup is not None:
                 with contextlib.suppress(TimeoutError):
@@ -459,8 +467,21 @@ class Subscription:
         return True
 
     async def _wait_for_entries(self, last: str, block_ms: int) -> None:
-        """Block (XREAD, which consumes nothing) until an entry after LAST exists."""
-        await self._redis.xread({self._stream: last}, count=1, block=block_ms)
+        """Block (XREAD, which consumes nothing) until an entry after LAST exists.
+
+        The XREAD runs in a task of its own: redis-py can swallow a cancellation
+        that arrives as a blocking command starts, and a stop must not wait for
+        the block to run out.
+        """
+        waiting = asyncio.ensure_future(
+            self._redis.xread({self._stream: last}, count=1, block=block_ms)
+        )
+        try:
+            await asyncio.shield(waiting)
+        except asyncio.CancelledError:
+            waiting.cancel()
+            waiting.add_done_callback(_discard_outcome)
+            raise
 
     async def _guarded(self, fn: Any, *args: Any) -> Any:
         """Run FN; survive lost connections and a vanished group. None on failure."""
@@ -1128,6 +1149,12 @@ def _pairs(flat: list[Any] | None) -> dict[bytes, bytes]:
         return {}
     it = iter(flat)
     return dict(zip(it, it))  # noqa: B905 - pairs by construction
+
+
+def _discard_outcome(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned task's outcome so asyncio does not warn about it."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _being_cancelled() -> bool:
