@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import enum
+import functools
 import struct
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -153,6 +154,11 @@ def unpack_value(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, ext_hook=_ext_hook, strict_map_key=False)
 
 
+_unpack: Final = functools.partial(
+    msgpack.unpackb, raw=False, ext_hook=_ext_hook, strict_map_key=False
+)
+
+
 class _Param:
     """Encoder and decoder of one parameter."""
 
@@ -265,9 +271,13 @@ class OperationCodec:
         Raises :class:`DecodeError` (reason ``undecodable`` or ``invalid-payload``)
         naming the parameter.
         """
+        return self.decode_values([fields.get(p.field) for p in self._params])
+
+    def decode_values(self, raws: Sequence[bytes | None]) -> list[Any]:
+        """Decode the payload's values given in parameter order (None: absent)."""
         args: list[Any] = []
-        for param in self._params:
-            raw = fields.get(param.field)
+        unpack = _unpack
+        for param, raw in zip(self._params, raws, strict=True):
             if raw is None:
                 if param.has_default:
                     args.append(param.default)
@@ -278,9 +288,7 @@ class OperationCodec:
                     f"{param.name!r} and the parameter has no default",
                 )
             try:
-                obj = msgpack.unpackb(
-                    raw, raw=False, ext_hook=_ext_hook, strict_map_key=False
-                )
+                obj = unpack(raw)
             except Exception as exc:
                 raise DecodeError(
                     "undecodable",

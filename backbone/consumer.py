@@ -95,13 +95,31 @@ class SubscriptionStats:
 
 @dataclasses.dataclass(slots=True)
 class _Delivery:
+    """One event held by the subscription.
+
+    From read.lua it comes with its operation, re-drive group, flat fields and
+    payload VALUES in parameter order; from a claim or a recovery, with its FIELDS
+    as a dict and the PAYLOAD hash (fetched separately).
+    """
+
     entry_id: str
-    fields: dict[bytes, bytes] | None
+    flat: list[bytes] | None
     delivery_count: int
     touched: float
+    op: bytes | None = None
+    only: bytes | None = None
+    values: list[bytes | None] | None = None
     payload: dict[bytes, bytes] | None = None
     done_mark: bool = False
     acked: bool = False
+    parsed: dict[bytes, bytes] | None = None
+
+    @property
+    def fields(self) -> dict[bytes, bytes]:
+        """The stream entry's fields (empty when the entry was deleted)."""
+        if self.parsed is None:
+            self.parsed = _pairs(self.flat)
+        return self.parsed
 
 
 def default_consumer_name() -> str:
@@ -163,6 +181,11 @@ class Subscription:
         self._held: dict[str, _Delivery] = {}
         self._read_script = backbone.scripts.read
         self._prefix = keys.payload_prefix
+        known: list[bytes | str | int] = [len(dispatcher.contract.codecs)]
+        for name, codec in dispatcher.contract.codecs.items():
+            known += [name, len(codec.field_names), *codec.field_names]
+        self._known_operations = tuple(known)
+        self._group_bytes = self.group.encode()
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
         self._acks: list[str] = []
@@ -442,6 +465,7 @@ class Subscription:
                     count,
                     "1" if self._noack else "0",
                     self._prefix,
+                    *self._known_operations,
                     *acks,
                 ),
             )
@@ -456,11 +480,11 @@ class Subscription:
             return _text(head)
         now = time.monotonic()
         deliveries: list[_Delivery] = []
-        for n in range(1, len(reply), 4):
-            entry_id = reply[n].decode()
-            d = _Delivery(entry_id, _pairs(reply[n + 1]), 1, now)
-            d.payload = _pairs(reply[n + 2])
-            d.done_mark = reply[n + 3] is not None
+        for n in range(1, len(reply), 6):
+            d = _Delivery(reply[n].decode(), reply[n + 3], 1, now, reply[n + 1])
+            d.only = reply[n + 2]
+            d.values = reply[n + 4]
+            d.done_mark = reply[n + 5] is not None
             deliveries.append(d)
         self._last_seen = deliveries[-1].entry_id
         self._enqueue(deliveries)
@@ -600,14 +624,14 @@ class Subscription:
             if entry_id in self._held:
                 continue
             count = counts.get(entry_id, 1) if counts is not None else 1
-            deliveries.append(_Delivery(entry_id, fields, count, now))
+            d = _Delivery(entry_id, None, count, now)
+            d.parsed = fields or {}
+            d.op = d.parsed.get(F_OPERATION)
+            d.only = d.parsed.get(F_REDRIVE_GROUP)
+            deliveries.append(d)
         if not deliveries:
             return
-        wanted = [
-            d
-            for d in deliveries
-            if d.fields is not None and self._mine(d.fields) and F_OPERATION in d.fields
-        ]
+        wanted = [d for d in deliveries if d.op is not None and self._mine(d)]
         if wanted:
             results = await self._fetch_payloads(wanted)
             if results is None:
@@ -652,9 +676,9 @@ class Subscription:
                 continue
             return results
 
-    def _mine(self, fields: dict[bytes, bytes]) -> bool:
-        only = fields.get(F_REDRIVE_GROUP)
-        return only is None or not only or _text(only) == self.group
+    def _mine(self, d: _Delivery) -> bool:
+        only = d.only
+        return not only or only == self._group_bytes
 
     # --- handling -------------------------------------------------------------------
 
@@ -687,25 +711,24 @@ class Subscription:
                 await asyncio.sleep(0)
 
     async def _process(self, d: _Delivery) -> None:
-        fields = d.fields
-        if not fields:
+        op_name = d.op
+        if op_name is None and not d.fields:
             # Deleted from the stream (trimmed) while pending: nothing to handle.
             log.info(
                 "%s: pending entry %s no longer exists; acking it", self, d.entry_id
             )
             self._ack(d)
             return
-        if not self._mine(fields):
+        if not self._mine(d):
             self.stats.skipped += 1
             self._ack(d)
             return
-        op_name = fields.get(F_OPERATION)
         if op_name is None:
             await self._dead_letter(
                 d, "malformed-entry", "the stream entry has no operation field 'o'"
             )
             return
-        operation = _text(op_name)
+        operation = op_name.decode(errors="replace")
         route = self.dispatcher.get(operation)
         if route is None:
             if self.options.unknown_operation is UnknownOperation.SKIP:
@@ -739,30 +762,35 @@ class Subscription:
         except DecodeError as exc:
             await self._dead_letter(d, exc.reason, str(exc), handler=route.handler_name)
             return
-        await self._call(route, d, fields, operation, args)
+        await self._call(route, d, operation, args)
 
     def _decode(self, route: Route, d: _Delivery) -> list[Any]:
-        payload = d.payload or {}
-        if not payload and route.codec.parameter_names:
+        values = d.values
+        if values is not None:
+            missing = not any(v is not None for v in values)
+        else:
+            missing = not d.payload
+        if missing and route.codec.parameter_names:
             raise DecodeError(
                 "missing-payload",
                 f"the payload hash {self.keys.payload(d.entry_id)} does not exist "
                 "(deleted, expired or never written)",
             )
-        return route.codec.decode(payload)
+        if values is not None:
+            return route.codec.decode_values(values)
+        return route.codec.decode(d.payload or {})
 
     async def _call(
         self,
         route: Route,
         d: _Delivery,
-        fields: dict[bytes, bytes],
         operation: str,
         args: list[Any],
     ) -> None:
         opts = self.options
         method = route.method
         while True:
-            context = _LazyContext(self, d, fields, operation)
+            context = _LazyContext(self, d, operation)
             token = set_current_event(context)
             try:
                 if route.takes_context:
@@ -815,9 +843,8 @@ class Subscription:
                 self._ack(d)
             return
 
-    def _context(
-        self, d: _Delivery, fields: dict[bytes, bytes], operation: str
-    ) -> EventContext:
+    def _context(self, d: _Delivery, operation: str) -> EventContext:
+        fields = d.fields
         produced = fields.get(F_TIME)
         origin = fields.get(F_REDRIVE_ORIGIN)
         produced_at = None
@@ -951,7 +978,7 @@ class Subscription:
         ]
         if trace:
             fields += ["tb", trace[-_MAX_ERROR_TEXT * 2 :]]
-        for name, value in (d.fields or {}).items():
+        for name, value in d.fields.items():
             fields.append(b"m:" + name)
             fields.append(value)
         keys = (
@@ -1122,24 +1149,17 @@ class Subscription:
 class _LazyContext:
     """Builds a delivery's EventContext on first use, then keeps it."""
 
-    __slots__ = ("_d", "_fields", "_made", "_operation", "_sub")
+    __slots__ = ("_d", "_made", "_operation", "_sub")
 
-    def __init__(
-        self,
-        sub: Subscription,
-        d: _Delivery,
-        fields: dict[bytes, bytes],
-        operation: str,
-    ) -> None:
+    def __init__(self, sub: Subscription, d: _Delivery, operation: str) -> None:
         self._sub = sub
         self._d = d
-        self._fields = fields
         self._operation = operation
         self._made: EventContext | None = None
 
     def __call__(self) -> EventContext:
         if self._made is None:
-            self._made = self._sub._context(self._d, self._fields, self._operation)
+            self._made = self._sub._context(self._d, self._operation)
         return self._made
 
 
@@ -1163,7 +1183,7 @@ def _being_cancelled() -> bool:
 
 
 def _logical_id(d: _Delivery) -> str:
-    origin = (d.fields or {}).get(F_REDRIVE_ORIGIN)
+    origin = d.fields.get(F_REDRIVE_ORIGIN)
     return _text(origin) if origin else d.entry_id
 
 

@@ -286,7 +286,7 @@ def evaluate_targets(sections: dict[str, Section]) -> list[Target]:
             2.0,
             False,
             "ms",
-            "producer -> subscription, one process",
+            "producer process -> subscription",
         ),
         Target(
             "memory per event",

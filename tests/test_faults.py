@@ -265,7 +265,6 @@ async def test_b_redis_restart_loses_no_acknowledged_publish(
 async def test_c_bad_input_is_dead_lettered_and_the_consumer_goes_on(
     real_bus: backbone.Backbone, workers: Workers, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    await workers.start("w1")
     stream = real_bus.keys(URI).stream
     meta = {"o": "packing", "v": "1", "c": "ShipmentTracking", "t": "1", "p": "test"}
     good = {
@@ -274,6 +273,8 @@ async def test_c_bad_input_is_dead_lettered_and_the_consumer_goes_on(
         "time": pack_value(moment()),
     }
 
+    # Written before the consumer starts: a raw XADD then HSET is not atomic the
+    # way backbone's writes are, and a running consumer could read in between.
     async def entry(fields: dict[str, str], payload: dict[str, bytes] | None) -> str:
         entry_id = (await real_bus.redis.xadd(stream, fields)).decode()
         if payload is not None:
@@ -290,6 +291,7 @@ async def test_c_bad_input_is_dead_lettered_and_the_consumer_goes_on(
         "unknown-operation": await entry({**meta, "o": "cancelled"}, good),
         "malformed-entry": await entry({"junk": "1"}, None),
     }
+    await workers.start("w1")
     valid_after = await publish(real_bus, 10, start=10)
     await eventually(lambda: _at_least(workers.handled(), 20), timeout=30)
     letters = backbone.DeadLetters(real_bus, URI)

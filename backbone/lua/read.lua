@@ -1,6 +1,8 @@
--- Read new entries of a consumer group together with their payload hashes, in one
--- call: XREADGROUP (without BLOCK, which scripts cannot do) and an HGETALL per
--- entry, so the client makes one round trip per batch and parses one reply.
+-- Read new entries of a consumer group together with their payloads, in one call:
+-- XACK of what the consumer finished, XREADGROUP (without BLOCK, which scripts
+-- cannot do) and an HMGET of each payload's fields in parameter order, so the
+-- client makes one round trip per batch, parses one reply, and decodes values
+-- without building dictionaries.
 --
 -- KEYS[1]  stream
 -- KEYS[2]  the group's idempotency marks (optional)
@@ -9,14 +11,28 @@
 -- ARGV[3]  COUNT
 -- ARGV[4]  "1": read with NOACK (nothing becomes pending)
 -- ARGV[5]  payload key prefix ("<stream>:p:")
--- ARGV[6..] entry ids to acknowledge first (finished since the last call)
+-- ARGV[6]  number K of operations this consumer knows, then K times:
+--            operation name, F, F payload field names in parameter order
+-- then     entry ids to acknowledge first (finished since the last call)
 --
--- Returns {false, id, fields, payload, mark, id, fields, payload, mark, ...}, or,
--- when there is nothing new, {last entry id of the stream} (for XREAD BLOCK).
--- MARK is the entry's score in the marks (false when unmarked or unused).
-for first = 6, #ARGV, 4000 do
+-- Returns {false, id, op, rg, fields, values, mark, ...} (6 per entry): OP and RG
+-- are the entry's operation and re-drive group (false when absent), FIELDS its
+-- flat field/value list, VALUES the payload values (false for an operation not
+-- in the list, false items for missing fields), MARK its idempotency score or
+-- false. With nothing new it returns {last entry id of the stream}, for XREAD.
+local known = {}
+local pos = 7
+for k = 1, tonumber(ARGV[6]) do
+  local name, f = ARGV[pos], tonumber(ARGV[pos + 1])
+  local names = {}
+  for j = 1, f do names[j] = ARGV[pos + 1 + j] end
+  known[name] = names
+  pos = pos + 2 + f
+end
+for first = pos, #ARGV, 4000 do
   redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, first, math.min(first + 3999, #ARGV)))
 end
+
 local args = {'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3]}
 if ARGV[4] == '1' then args[#args + 1] = 'NOACK' end
 args[#args + 1] = 'STREAMS'
@@ -33,21 +49,32 @@ if not entries or #entries == 0 then
   if #last == 0 then return {'0-0'} end
   return {last[1][1]}
 end
+
 local prefix, marks = ARGV[5], KEYS[2]
 local out = {false}
+local n = 1
 for _, entry in ipairs(entries) do
   local id, fields = entry[1], entry[2]
-  out[#out + 1] = id
-  out[#out + 1] = fields
-  out[#out + 1] = redis.call('HGETALL', prefix .. id)
-  local mark = false
-  if marks then
-    local logical = id
-    for j = 1, #fields, 2 do
-      if fields[j] == 'ri' then logical = fields[j + 1] end
-    end
-    mark = redis.call('ZSCORE', marks, logical)
+  local op, rg, ri = false, false, false
+  for j = 1, #fields, 2 do
+    local name = fields[j]
+    if name == 'o' then op = fields[j + 1]
+    elseif name == 'rg' then rg = fields[j + 1]
+    elseif name == 'ri' then ri = fields[j + 1] end
   end
-  out[#out + 1] = mark
+  local values = false
+  local names = op and known[op]
+  if names and (not rg or rg == ARGV[1]) then
+    if #names > 0 then
+      values = redis.call('HMGET', prefix .. id, unpack(names))
+    else
+      values = {}
+    end
+  end
+  local mark = false
+  if marks then mark = redis.call('ZSCORE', marks, ri or id) end
+  out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5], out[n + 6] =
+    id, op, rg, fields, values, mark
+  n = n + 6
 end
 return out
