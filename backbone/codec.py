@@ -221,12 +221,16 @@ class _Param:
 class OperationCodec:
     """Encodes and decodes the arguments of one operation."""
 
-    __slots__ = ("_params", "operation")
+    __slots__ = ("_decoders", "_params", "operation")
 
     def __init__(self, operation: OperationSpec) -> None:
         self.operation = operation
         packer = msgpack.Packer(default=_default, use_bin_type=True, autoreset=True)
         self._params = tuple(_Param(p, packer) for p in operation.params)
+        # What decoding needs of each parameter, unpacked once per value.
+        self._decoders = tuple(
+            (p.exact, p.adapter.validate_python, p) for p in self._params
+        )
 
     @property
     def parameter_names(self) -> tuple[str, ...]:
@@ -276,8 +280,9 @@ class OperationCodec:
     def decode_values(self, raws: Sequence[bytes | None]) -> list[Any]:
         """Decode the payload's values given in parameter order (None: absent)."""
         args: list[Any] = []
+        append = args.append
         unpack = _unpack
-        for param, raw in zip(self._params, raws, strict=True):
+        for (exact, validate, param), raw in zip(self._decoders, raws, strict=True):
             if raw is None:
                 if param.has_default:
                     args.append(param.default)
@@ -295,11 +300,11 @@ class OperationCodec:
                     f"{self.operation.qualified_name}: field {param.name!r} is not "
                     f"valid msgpack ({type(exc).__name__}: {exc})",
                 ) from exc
-            if type(obj) is param.exact:
-                args.append(obj)
+            if type(obj) is exact:
+                append(obj)
                 continue
             try:
-                args.append(param.adapter.validate_python(obj))
+                append(validate(obj))
             except pydantic.ValidationError as exc:
                 raise DecodeError(
                     "invalid-payload",

@@ -186,6 +186,10 @@ class Subscription:
             known += [name, len(codec.field_names), *codec.field_names]
         self._known_operations = tuple(known)
         self._group_bytes = self.group.encode()
+        self._routes = {
+            name.encode(): (name, dispatcher.get(name))
+            for name in dispatcher.contract.codecs
+        }
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
         self._acks: list[str] = []
@@ -193,6 +197,7 @@ class Subscription:
         self._acks_closing = False
         self._acks_sending = 0
         self._low_water = max(1, self.options.max_in_flight // 4)
+        self._room_wanted = 1
         self._last_seen = "0-0"
         self._outage_since: float | None = None
         self._task: asyncio.Task[None] | None = None
@@ -428,7 +433,9 @@ class Subscription:
                 continue
             free = self._read_room()
             if free <= 0 or (free < self._low_water and self._held):
-                # Wait for a quarter of the room, so reads stay large under load.
+                # Wait for a quarter of the room, so reads stay large under load
+                # (and the reader is not woken by every finished event).
+                self._room_wanted = self._low_water if self._held else 1
                 self._room.clear()
                 await self._room.wait()
                 continue
@@ -557,6 +564,7 @@ class Subscription:
         while not self._stopping.is_set():
             free = self._free_room()
             if free <= 0:
+                self._room_wanted = 1
                 self._room.clear()
                 await self._room.wait()
                 continue
@@ -704,7 +712,8 @@ class Subscription:
                 )
             finally:
                 self._held.pop(delivery.entry_id, None)
-                self._room.set()
+                if self._read_room() >= self._room_wanted:
+                    self._room.set()
             handled += 1
             if handled % _YIELD_EVERY == 0:
                 # Handlers that never suspend would starve the reader and acker.
@@ -728,8 +737,11 @@ class Subscription:
                 d, "malformed-entry", "the stream entry has no operation field 'o'"
             )
             return
-        operation = op_name.decode(errors="replace")
-        route = self.dispatcher.get(operation)
+        known = self._routes.get(op_name)
+        if known is None:
+            operation, route = op_name.decode(errors="replace"), None
+        else:
+            operation, route = known
         if route is None:
             if self.options.unknown_operation is UnknownOperation.SKIP:
                 self.stats.skipped += 1
@@ -767,7 +779,7 @@ class Subscription:
     def _decode(self, route: Route, d: _Delivery) -> list[Any]:
         values = d.values
         if values is not None:
-            missing = not any(v is not None for v in values)
+            missing = values.count(None) == len(values)
         else:
             missing = not d.payload
         if missing and route.codec.parameter_names:
