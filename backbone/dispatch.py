@@ -105,6 +105,18 @@ class Dispatcher(Generic[H]):
 
     def __init__(self, handler: H) -> None:
         self.handler = handler
+        spec = self.contract.spec
+        lacking = [
+            op.method
+            for op in spec.operations
+            if not callable(getattr(handler, op.method, None))
+        ]
+        if lacking:
+            raise ContractError(
+                f"handler {type(handler).__qualname__} lacks "
+                f"{', '.join(lacking)} of contract {spec.name}; implement every "
+                f"operation (async def {lacking[0]}(...) -> None), even as a no-op"
+            )
         self._routes = dict(self.routes(handler))
         missing = [
             op.name

@@ -91,3 +91,31 @@ def test_runtime_does_not_import_codegen() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+def test_handler_missing_an_operation_is_refused_clearly() -> None:
+    from contracts.shipment_tracking_gen import ShipmentTrackingDispatcher
+
+    class Partial:
+        async def packing(self, email: str, product_id: int, time: object) -> None:
+            return None
+
+    with pytest.raises(backbone.ContractError) as caught:
+        ShipmentTrackingDispatcher(Partial())  # type: ignore[arg-type]
+    message = str(caught.value)
+    assert "Partial lacks order_placed, on_delivery, on_received" in message
+    assert "ShipmentTracking" in message
+
+
+def test_sync_handler_method_is_refused_clearly() -> None:
+    from contracts.shipment_tracking_gen import ShipmentTrackingDispatcher
+    from helpers import Recorder
+
+    class Sync(Recorder):
+        def packing(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
+            return None
+
+    with pytest.raises(
+        backbone.ContractError, match=r"Sync\.packing must be `async def`"
+    ):
+        ShipmentTrackingDispatcher(Sync())
