@@ -198,6 +198,8 @@ class Subscription:
         self._acks_sending = 0
         self._low_water = max(1, self.options.max_in_flight // 4)
         self._room_wanted = 1
+        self._room_waiting = False
+        self._ack_after_success = self.options.ack is AckPolicy.AFTER_SUCCESS
         self._last_seen = "0-0"
         self._outage_since: float | None = None
         self._task: asyncio.Task[None] | None = None
@@ -436,8 +438,7 @@ class Subscription:
                 # Wait for a quarter of the room, so reads stay large under load
                 # (and the reader is not woken by every finished event).
                 self._room_wanted = self._low_water if self._held else 1
-                self._room.clear()
-                await self._room.wait()
+                await self._wait_for_room()
                 continue
             wakeup = self.backbone.wakeup_event(self._stream)
             last = await self._guarded(self._read_batch, free)
@@ -453,6 +454,14 @@ class Subscription:
                     await asyncio.wait_for(wakeup.wait(), self.options.block)
             else:
                 await self._guarded(self._wait_for_entries, last, block_ms)
+
+    async def _wait_for_room(self) -> None:
+        self._room.clear()
+        self._room_waiting = True
+        try:
+            await self._room.wait()
+        finally:
+            self._room_waiting = False
 
     async def _read_batch(self, count: int) -> str | bool:
         """One call of read.lua: ack what finished, read new entries with their
@@ -565,8 +574,7 @@ class Subscription:
             free = self._free_room()
             if free <= 0:
                 self._room_wanted = 1
-                self._room.clear()
-                await self._room.wait()
+                await self._wait_for_room()
                 continue
             rows = await self._redis.xpending_range(
                 self._stream,
@@ -692,6 +700,7 @@ class Subscription:
 
     async def _worker(self) -> None:
         ready = self._ready
+        held = self._held
         handled = 0
         while True:
             if not ready:
@@ -711,8 +720,8 @@ class Subscription:
                     "%s: unexpected error handling %s", self, delivery.entry_id
                 )
             finally:
-                self._held.pop(delivery.entry_id, None)
-                if self._read_room() >= self._room_wanted:
+                held.pop(delivery.entry_id, None)
+                if self._room_waiting and self._read_room() >= self._room_wanted:
                     self._room.set()
             handled += 1
             if handled % _YIELD_EVERY == 0:
@@ -801,6 +810,7 @@ class Subscription:
     ) -> None:
         opts = self.options
         method = route.method
+        timeout = opts.handler_timeout
         while True:
             context = _LazyContext(self, d, operation)
             token = set_current_event(context)
@@ -809,10 +819,10 @@ class Subscription:
                     call = method(*args, context=context())
                 else:
                     call = method(*args)
-                if opts.handler_timeout is None:
+                if timeout is None:
                     await call
                 else:
-                    async with asyncio.timeout(opts.handler_timeout):
+                    async with asyncio.timeout(timeout):
                         await call
             except (Exception, asyncio.CancelledError) as exc:
                 if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
@@ -851,8 +861,10 @@ class Subscription:
             self.stats.handled += 1
             if opts.idempotent:
                 await self._mark_done(d)
-            if opts.ack is AckPolicy.AFTER_SUCCESS:
-                self._ack(d)
+            if self._ack_after_success and not d.acked:
+                d.acked = True
+                self._acks.append(d.entry_id)
+                self._ack_wakeup.set()
             return
 
     def _context(self, d: _Delivery, operation: str) -> EventContext:
