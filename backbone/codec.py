@@ -128,8 +128,17 @@ def _ext(code: int, data: bytes) -> bytes:
 _FIXEXT: Final = {1: 0xD4, 2: 0xD5, 4: 0xD6, 8: 0xD7, 16: 0xD8}
 
 
+# Headers of EXT_DATETIME bodies of each short size, as _ext writes them.
+_DATETIME_HEADERS: Final = tuple(
+    _ext(EXT_DATETIME, b"\0" * n)[: -n or None] for n in range(256)
+)
+
+
 def _pack_datetime(value: dt.datetime) -> bytes:
-    return _ext(EXT_DATETIME, value.isoformat().encode())
+    text = value.isoformat().encode()
+    if len(text) < 256:
+        return _DATETIME_HEADERS[len(text)] + text
+    return _ext(EXT_DATETIME, text)
 
 
 def _pack_uuid(value: uuid.UUID) -> bytes:

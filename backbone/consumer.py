@@ -2,10 +2,11 @@
 
 Tasks of one subscription::
 
-    reader    XREADGROUP ... COUNT <free room> BLOCK <ms> >    (own pending first)
-              -> pipelined HGETALL of the payloads -> queue
+    reader    read.lua: XACK what finished, XREADGROUP COUNT <free room> >, the
+              payload values of each entry, in one call; when nothing is new,
+              XREAD BLOCK until the stream grows (own pending entries first)
     workers   `concurrency` of them: decode, call the handler, retry, dead-letter
-    acker     batches XACKs of finished events into one call
+    acker     writes the acks the reader did not carry (an idle reader), batched
     claimer   renews the leases of held events (XCLAIM JUSTID) and claims events
               idle too long with other members (XAUTOCLAIM, with its cursor)
 
@@ -68,10 +69,6 @@ _MAX_ERROR_TEXT: Final = 2000
 _YIELD_EVERY: Final = 64
 _ACK_DELAY: Final = 0.002
 _MARK_PRUNE_EVERY: Final = 60.0
-
-
-class _Stopped(Exception):
-    """The subscription is stopping."""
 
 
 @dataclasses.dataclass(slots=True)
