@@ -81,6 +81,7 @@ def main(argv: list[str]) -> int:
             [str(python), "-m", "ruff", "format", "--check", "."],
             [str(python), "-m", "mypy", "backbone", "codegen", "contracts", "samples"],
             [str(python), "-m", "mypy", "tests/typed_contracts"],
+            [str(python), "-m", "mypy", "benchmarks"],
             [
                 str(python),
                 "-m",
