@@ -36,7 +36,7 @@ from typing import Any, Final
 import msgpack
 import pydantic
 
-from .contract import OperationSpec, ParamSpec
+from .contract import SCALAR_TYPES, OperationSpec, ParamSpec
 from .errors import DecodeError, ValidationError
 
 __all__ = ["OperationCodec", "pack_value", "unpack_value"]
@@ -52,21 +52,7 @@ _MICROS: Final = struct.Struct(">q")
 # Bare annotations whose values need no validation when they already have the
 # exact type (strict validation of such a value returns it unchanged), and which
 # msgpack gives back with that exact type.
-_EXACT_TYPES: Final = frozenset(
-    {
-        str,
-        int,
-        float,
-        bool,
-        bytes,
-        dt.datetime,
-        dt.date,
-        dt.time,
-        dt.timedelta,
-        uuid.UUID,
-        decimal.Decimal,
-    }
-)
+_EXACT_TYPES: Final = frozenset(SCALAR_TYPES) - {type(None)}
 
 
 def _default(obj: object) -> object:

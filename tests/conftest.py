@@ -152,6 +152,17 @@ async def bus(url: str, environment: str) -> AsyncIterator[backbone.Backbone]:
         await connection.close()
 
 
+@pytest.fixture
+async def real_bus(real_url: str, environment: str) -> AsyncIterator[backbone.Backbone]:
+    """A connection to the real Redis only, its keys dropped afterwards."""
+    connection = backbone.Backbone(real_url, environment=environment)
+    try:
+        yield connection
+    finally:
+        await drop_environment(connection)
+        await connection.close()
+
+
 async def drop_environment(connection: backbone.Backbone) -> None:
     pattern = f"bb:{{{connection.environment}:*"
     keys = [key async for key in connection.redis.scan_iter(match=pattern, count=1000)]

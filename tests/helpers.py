@@ -138,3 +138,32 @@ class Flaky(Recorder):
             self.finished.append(event)
         finally:
             self.running -= 1
+
+
+async def write_bad_inputs(bus: backbone.Backbone, uri: str) -> dict[str, str]:
+    """One raw entry of each kind of bad input on stream URI; returns reason ->
+    entry id. They are written with a plain XADD then HSET, which is not atomic
+    the way backbone's writes are: write them before a consumer runs."""
+    from backbone.codec import pack_value
+
+    stream = bus.keys(uri).stream
+    meta = {"o": "packing", "v": "1", "c": "ShipmentTracking", "t": "1", "p": "test"}
+    good = {
+        "email": pack_value("a@example.com"),
+        "product_id": pack_value(1),
+        "time": pack_value(moment()),
+    }
+
+    async def entry(fields: dict[str, str], payload: dict[str, bytes] | None) -> str:
+        entry_id: str = (await bus.redis.xadd(stream, fields)).decode()
+        if payload is not None:
+            await bus.redis.hset(bus.keys(uri).payload(entry_id), mapping=payload)
+        return entry_id
+
+    return {
+        "missing-payload": await entry(meta, None),
+        "undecodable": await entry(meta, {**good, "product_id": b"\xc1"}),
+        "invalid-payload": await entry(meta, {**good, "product_id": pack_value("one")}),
+        "unknown-operation": await entry({**meta, "o": "returned"}, good),
+        "malformed-entry": await entry({"x": "y"}, None),
+    }

@@ -8,13 +8,12 @@ import asyncio
 import pytest
 
 import backbone
-from backbone.codec import pack_value
 from conftest import eventually
 from contracts.shipment_tracking_gen import (
     shipment_tracking_producer,
     subscribe_shipment_tracking,
 )
-from helpers import Flaky, Recorder, moment
+from helpers import Flaky, Recorder, moment, write_bad_inputs
 
 URI = "orders"
 BEGINNING = backbone.StartFrom.BEGINNING
@@ -150,27 +149,7 @@ async def test_poison_event_over_max_deliveries_is_dead_lettered_unhandled(
 async def test_each_bad_input_is_dead_lettered_and_the_loop_goes_on(
     bus: backbone.Backbone,
 ) -> None:
-    stream = bus.keys(URI).stream
-    meta = {"o": "packing", "v": "1", "c": "ShipmentTracking", "t": "1", "p": "test"}
-    good = {
-        "email": pack_value("a@example.com"),
-        "product_id": pack_value(1),
-        "time": pack_value(moment()),
-    }
-
-    async def entry(fields: dict[str, str], payload: dict[str, bytes] | None) -> str:
-        entry_id = (await bus.redis.xadd(stream, fields)).decode()
-        if payload is not None:
-            await bus.redis.hset(bus.keys(URI).payload(entry_id), mapping=payload)
-        return entry_id
-
-    cases = {
-        "missing-payload": await entry(meta, None),
-        "undecodable": await entry(meta, {**good, "product_id": b"\xc1"}),
-        "invalid-payload": await entry(meta, {**good, "product_id": pack_value("one")}),
-        "unknown-operation": await entry({**meta, "o": "returned"}, good),
-        "malformed-entry": await entry({"x": "y"}, None),
-    }
+    cases = await write_bad_inputs(bus, URI)
     handler = Flaky()
     async with subscribe(bus, handler) as sub:
         await eventually(lambda: sub.stats.dead_lettered == len(cases))

@@ -17,10 +17,9 @@ from typing import Any
 import pytest
 
 import backbone
-from backbone.codec import pack_value
 from conftest import RedisServer, drop_environment, eventually, free_port
 from contracts.shipment_tracking_gen import shipment_tracking_producer
-from helpers import moment
+from helpers import moment, write_bad_inputs
 
 pytestmark = pytest.mark.slow
 
@@ -127,16 +126,6 @@ async def publish(bus: backbone.Backbone, count: int, start: int = 0) -> list[st
 async def pending(bus: backbone.Backbone) -> int:
     info = await bus.redis.xpending(bus.keys(URI).stream, GROUP)
     return int(info["pending"])
-
-
-@pytest.fixture
-async def real_bus(real_url: str, environment: str) -> AsyncIterator[backbone.Backbone]:
-    bus = backbone.Backbone(real_url, environment=environment)
-    try:
-        yield bus
-    finally:
-        await drop_environment(bus)
-        await bus.close()
 
 
 @pytest.fixture
@@ -265,32 +254,9 @@ async def test_b_redis_restart_loses_no_acknowledged_publish(
 async def test_c_bad_input_is_dead_lettered_and_the_consumer_goes_on(
     real_bus: backbone.Backbone, workers: Workers, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    stream = real_bus.keys(URI).stream
-    meta = {"o": "packing", "v": "1", "c": "ShipmentTracking", "t": "1", "p": "test"}
-    good = {
-        "email": pack_value("a@example.com"),
-        "product_id": pack_value(1),
-        "time": pack_value(moment()),
-    }
-
-    # Written before the consumer starts: a raw XADD then HSET is not atomic the
-    # way backbone's writes are, and a running consumer could read in between.
-    async def entry(fields: dict[str, str], payload: dict[str, bytes] | None) -> str:
-        entry_id = (await real_bus.redis.xadd(stream, fields)).decode()
-        if payload is not None:
-            await real_bus.redis.hset(
-                real_bus.keys(URI).payload(entry_id), mapping=payload
-            )
-        return entry_id
-
     valid_before = await publish(real_bus, 10)
-    cases = {
-        "missing-payload": await entry(meta, None),
-        "undecodable": await entry(meta, {**good, "time": b"\xc1\xc1"}),
-        "invalid-payload": await entry(meta, {**good, "email": pack_value(42)}),
-        "unknown-operation": await entry({**meta, "o": "cancelled"}, good),
-        "malformed-entry": await entry({"junk": "1"}, None),
-    }
+    # Written before the consumer starts (raw writes are not atomic).
+    cases = await write_bad_inputs(real_bus, URI)
     await workers.start("w1")
     valid_after = await publish(real_bus, 10, start=10)
     await eventually(lambda: _at_least(workers.handled(), 20), timeout=30)

@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio
 
 import backbone
-from conftest import RedisServer, drop_environment, eventually, free_port
+from conftest import RedisServer, eventually, free_port
 from contracts.shipment_tracking_gen import shipment_tracking_producer
 from helpers import moment
 from proxy import FlakyProxy
@@ -33,18 +33,8 @@ async def proxy(real_url: str) -> AsyncIterator[FlakyProxy]:
         await flaky.close()
 
 
-@pytest.fixture
-async def direct(real_url: str, environment: str) -> AsyncIterator[backbone.Backbone]:
-    connection = backbone.Backbone(real_url, environment=environment)
-    try:
-        yield connection
-    finally:
-        await drop_environment(connection)
-        await connection.close()
-
-
 async def test_lost_reply_is_retried_without_duplicate(
-    proxy: FlakyProxy, direct: backbone.Backbone, environment: str
+    proxy: FlakyProxy, real_bus: backbone.Backbone, environment: str
 ) -> None:
     async with backbone.Backbone(proxy.url, environment=environment) as bus:
         producer = shipment_tracking_producer(bus, URI)
@@ -52,13 +42,13 @@ async def test_lost_reply_is_retried_without_duplicate(
         proxy.drop_replies(1)
         event_id = await producer.packing("a@example.com", 1, moment())
         assert proxy.dropped == 1
-    entries = await direct.redis.xrange(direct.keys(URI).stream)
+    entries = await real_bus.redis.xrange(real_bus.keys(URI).stream)
     assert [e[0].decode() for e in entries][1:] == [event_id.id]
-    assert await direct.redis.exists(direct.keys(URI).payload(event_id.id)) == 1
+    assert await real_bus.redis.exists(real_bus.keys(URI).payload(event_id.id)) == 1
 
 
 async def test_lost_reply_of_a_coalesced_batch_is_not_duplicated(
-    proxy: FlakyProxy, direct: backbone.Backbone, environment: str
+    proxy: FlakyProxy, real_bus: backbone.Backbone, environment: str
 ) -> None:
     async with backbone.Backbone(proxy.url, environment=environment) as bus:
         producer = shipment_tracking_producer(bus, URI)
@@ -67,13 +57,13 @@ async def test_lost_reply_of_a_coalesced_batch_is_not_duplicated(
         results = await asyncio.gather(
             *(producer.packing(f"u{i}@example.com", i, moment()) for i in range(50))
         )
-    entries = await direct.redis.xrange(direct.keys(URI).stream)
+    entries = await real_bus.redis.xrange(real_bus.keys(URI).stream)
     assert len(entries) == 51
     assert [e[0].decode() for e in entries][1:] == [r.id for r in results]
 
 
 async def test_publish_during_outage_times_out_clearly(
-    proxy: FlakyProxy, direct: backbone.Backbone, environment: str
+    proxy: FlakyProxy, real_bus: backbone.Backbone, environment: str
 ) -> None:
     options = backbone.ProducerOptions(publish_timeout=0.5)
     async with backbone.Backbone(proxy.url, environment=environment) as bus:
@@ -90,7 +80,7 @@ async def test_publish_during_outage_times_out_clearly(
         # Redis comes back: the producer works again without being rebuilt.
         proxy.refuse(False)
         event_id = await producer.packing("back@example.com", 2, moment())
-    entries = await direct.redis.xrange(direct.keys(URI).stream)
+    entries = await real_bus.redis.xrange(real_bus.keys(URI).stream)
     assert [e[0].decode() for e in entries][-1] == event_id.id
     assert len(entries) == 2
 
@@ -117,16 +107,16 @@ def test_options_fail_fast() -> None:
 
 
 async def test_min_replicas_raises_when_no_replica_confirms(
-    direct: backbone.Backbone,
+    real_bus: backbone.Backbone,
 ) -> None:
     options = backbone.ProducerOptions(min_replicas=1, replica_timeout=0.05)
-    producer = shipment_tracking_producer(direct, URI, options=options)
+    producer = shipment_tracking_producer(real_bus, URI, options=options)
     with pytest.raises(backbone.ReplicationTimeout) as caught:
         await producer.packing("a@example.com", 1, moment())
     assert caught.value.replicas == 0
     (event_id,) = caught.value.event_ids
     assert isinstance(event_id, backbone.EventId)
-    entries = await direct.redis.xrange(direct.keys(URI).stream)
+    entries = await real_bus.redis.xrange(real_bus.keys(URI).stream)
     assert [e[0].decode() for e in entries] == [event_id.id]
 
 
