@@ -6,4 +6,4 @@ from .handlers import Printer
 from .service import run
 
 if __name__ == "__main__":
-    run(__doc__ or "", "consumer", lambda bus: Printer())
+    run(__doc__ or "", "consumer", lambda bus, args: Printer())

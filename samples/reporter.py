@@ -6,4 +6,4 @@ from .handlers import Reporter
 from .service import run
 
 if __name__ == "__main__":
-    run(__doc__ or "", "reporter", lambda bus: Reporter())
+    run(__doc__ or "", "reporter", lambda bus, args: Reporter())

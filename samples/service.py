@@ -13,12 +13,10 @@ from contracts.shipment_tracking_gen import (
     subscribe_shipment_tracking,
 )
 
+Factory = Callable[[backbone.Backbone, argparse.Namespace], ShipmentTrackingConsumer]
 
-async def serve(
-    args: argparse.Namespace,
-    group: str,
-    make_handler: Callable[[backbone.Backbone], ShipmentTrackingConsumer],
-) -> None:
+
+async def serve(args: argparse.Namespace, group: str, make_handler: Factory) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )
@@ -26,7 +24,7 @@ async def serve(
         subscription = subscribe_shipment_tracking(
             bus,
             args.uri,
-            make_handler(bus),
+            make_handler(bus, args),
             group=group,
             consumer=args.consumer,
             start=backbone.StartFrom.BEGINNING,
@@ -36,11 +34,7 @@ async def serve(
             await subscription.completion
 
 
-def run(
-    description: str,
-    group: str,
-    make_handler: Callable[[backbone.Backbone], ShipmentTrackingConsumer],
-) -> None:
+def run(description: str, group: str, make_handler: Factory) -> None:
     from .common import arguments
 
     parser = arguments(description)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from contracts.shipment_tracking_gen import shipment_tracking_producer
 
-from .common import URI
 from .handlers import Transit
 from .service import run
 
@@ -12,5 +11,5 @@ if __name__ == "__main__":
     run(
         __doc__ or "",
         "transit",
-        lambda bus: Transit(shipment_tracking_producer(bus, URI)),
+        lambda bus, args: Transit(shipment_tracking_producer(bus, args.uri)),
     )
