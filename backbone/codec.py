@@ -257,7 +257,7 @@ class OperationCodec:
                 raise ValidationError(
                     self.operation.qualified_name, param.name, _one_line(exc)
                 ) from exc
-            except (TypeError, ValueError, OverflowError) as exc:
+            except (TypeError, ValueError, OverflowError, struct.error) as exc:
                 raise ValidationError(
                     self.operation.qualified_name, param.name, str(exc)
                 ) from exc

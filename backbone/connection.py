@@ -55,7 +55,10 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, rex.ResponseError):
         text = str(exc)
-        return text.startswith(("MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "LOADING"))
+        # BUSY: another client's script is running long; it ends or is killed.
+        return text.startswith(
+            ("MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "BUSY ")
+        )
     return False
 
 

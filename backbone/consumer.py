@@ -193,11 +193,14 @@ class Subscription:
         self._ack_wakeup = asyncio.Event()
         self._acks_closing = False
         self._acks_sending = 0
+        self._acking: set[str] = set()
+        self._reserved = 0
         self._low_water = max(1, self.options.max_in_flight // 4)
         self._room_wanted = 1
         self._room_waiting = False
         self._ack_after_success = self.options.ack is AckPolicy.AFTER_SUCCESS
         self._last_seen = "0-0"
+        self._group_ready = False
         self._outage_since: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -257,7 +260,12 @@ class Subscription:
     @property
     def in_flight(self) -> int:
         """Events read and not yet finished and acknowledged."""
-        return len(self._held) + len(self._acks) + self._acks_sending
+        return len(self._held) + len(self._acks) + self._acks_sending + self._reserved
+
+    def _busy(self, entry_id: str) -> bool:
+        """True while ENTRY_ID is held, or finished with its ack not yet written:
+        it must not be claimed or recovered again."""
+        return entry_id in self._held or entry_id in self._acking
 
     def _free_room(self) -> int:
         """Room for reads that leave queued acks where they are."""
@@ -265,7 +273,12 @@ class Subscription:
 
     def _read_room(self) -> int:
         """Room for read.lua, which writes the queued acks before it reads."""
-        return self.options.max_in_flight - len(self._held) - self._acks_sending
+        return (
+            self.options.max_in_flight
+            - len(self._held)
+            - self._acks_sending
+            - self._reserved
+        )
 
     async def stop(self) -> None:
         """Stop reading, let running handlers finish (``shutdown_timeout``), ack them
@@ -360,8 +373,9 @@ class Subscription:
         self._stopping.set()
         if claimer is not None:
             claimer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await claimer
+            _, stuck_claimer = await asyncio.wait({claimer}, timeout=1.0)
+            for task in stuck_claimer:
+                task.add_done_callback(_discard_outcome)
         # Events read but not started stay pending (this consumer's PEL).
         while self._ready:
             self._held.pop(self._ready.popleft().entry_id, None)
@@ -409,6 +423,7 @@ class Subscription:
                 if last and self._last_seen == "0-0":
                     self._last_seen = last
                 break
+        self._group_ready = True
 
     async def _recreate_group(self) -> None:
         """The group vanished (a Redis restart without persistence, XGROUP DESTROY):
@@ -418,7 +433,10 @@ class Subscription:
             self,
             self._last_seen,
         )
-        await self._ensure_group(self._last_seen)
+        # A group this subscription never saw starts where it was asked to.
+        await self._ensure_group(
+            self._last_seen if self._group_ready else self.start_id
+        )
 
     # --- reading --------------------------------------------------------------------
 
@@ -439,8 +457,13 @@ class Subscription:
                 continue
             wakeup = self.backbone.wakeup_event(self._stream)
             last = await self._guarded(self._read_batch, free)
-            if last is None or last is True:
-                continue  # failed (retry after the outage pause) or got entries
+            if last is None:
+                # The read may have run with its reply lost: what it delivered is
+                # pending with this consumer; take it back before reading on.
+                self._needs_recovery = not self._noack
+                continue
+            if last is True:
+                continue
             if self._stopping.is_set():
                 # A stop's cancel can be lost inside a command that completes
                 # (redis-py catches it there); never start blocking after a stop.
@@ -468,37 +491,44 @@ class Subscription:
             keys = (self._stream, self.keys.done(self.group))
         acks, self._acks = self._acks, []
         self._acks_sending += len(acks)
+        # The entries this read may bring are spoken for until they are held, so
+        # a concurrent claim cannot take the same room.
+        self._reserved += count
         try:
-            reply: list[Any] = await self._read_script.run(
-                self._redis,
-                keys,
-                (
-                    self.group,
-                    self.consumer,
-                    count,
-                    "1" if self._noack else "0",
-                    self._prefix,
-                    *self._known_operations,
-                    *acks,
-                ),
-            )
-        except BaseException:
-            self._acks[:0] = acks
-            raise
+            try:
+                reply: list[Any] = await self._read_script.run(
+                    self._redis,
+                    keys,
+                    (
+                        self.group,
+                        self.consumer,
+                        count,
+                        "1" if self._noack else "0",
+                        self._prefix,
+                        *self._known_operations,
+                        *acks,
+                    ),
+                )
+            except BaseException:
+                self._acks[:0] = acks
+                raise
+            finally:
+                self._acks_sending -= len(acks)
+            self._acking.difference_update(acks)
+            self.stats.acked += len(acks)
+            head = reply[0]
+            if head is not None:
+                return _text(head)
+            now = time.monotonic()
+            deliveries: list[_Delivery] = []
+            for n in range(1, len(reply), 6):
+                d = _Delivery(reply[n].decode(), reply[n + 3], 1, now, reply[n + 1])
+                d.only = reply[n + 2]
+                d.values = reply[n + 4]
+                d.done_mark = reply[n + 5] is not None
+                deliveries.append(d)
         finally:
-            self._acks_sending -= len(acks)
-        self.stats.acked += len(acks)
-        head = reply[0]
-        if head is not None:
-            return _text(head)
-        now = time.monotonic()
-        deliveries: list[_Delivery] = []
-        for n in range(1, len(reply), 6):
-            d = _Delivery(reply[n].decode(), reply[n + 3], 1, now, reply[n + 1])
-            d.only = reply[n + 2]
-            d.values = reply[n + 4]
-            d.done_mark = reply[n + 5] is not None
-            deliveries.append(d)
+            self._reserved -= count
         self._last_seen = deliveries[-1].entry_id
         self._enqueue(deliveries)
         return True
@@ -588,7 +618,7 @@ class Subscription:
                 _text(cast(bytes, row["message_id"])): int(row["times_delivered"]) + 1
                 for row in rows
             }
-            ids: list[Any] = [i for i in counts if i not in self._held]
+            ids: list[Any] = [i for i in counts if not self._busy(i)]
             if not ids:
                 continue
             entries = await self._redis.xclaim(
@@ -607,18 +637,24 @@ class Subscription:
     async def _delivery_counts(
         self, entries: Sequence[tuple[bytes, Any]]
     ) -> dict[str, int]:
+        """Each entry's delivery count (one XPENDING per id: a range query would
+        also count this consumer's other pending entries against its COUNT)."""
         if not entries:
             return {}
-        rows = await self._redis.xpending_range(
-            self._stream,
-            self.group,
-            min=entries[0][0],
-            max=entries[-1][0],
-            count=len(entries),
-            consumername=self.consumer,
-        )
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for entry_id, _ in entries:
+                pipe.xpending_range(
+                    self._stream,
+                    self.group,
+                    min=entry_id,
+                    max=entry_id,
+                    count=1,
+                    consumername=self.consumer,
+                )
+            replies: list[Any] = await pipe.execute()
         return {
             _text(cast(bytes, row["message_id"])): int(row["times_delivered"])
+            for rows in replies
             for row in rows
         }
 
@@ -634,7 +670,7 @@ class Subscription:
             entry_id = _text(raw_id)
             if _id_key(entry_id) > _id_key(self._last_seen):
                 self._last_seen = entry_id
-            if entry_id in self._held:
+            if self._busy(entry_id):
                 continue
             count = counts.get(entry_id, 1) if counts is not None else 1
             d = _Delivery(entry_id, None, count, now)
@@ -655,7 +691,8 @@ class Subscription:
                 scores = results[-1]
                 for d, score in zip(wanted, scores, strict=True):
                     d.done_mark = score is not None
-        self._enqueue(deliveries)
+        # The claimer and a recovery may have fetched the same entry meanwhile.
+        self._enqueue([d for d in deliveries if not self._busy(d.entry_id)])
 
     def _enqueue(self, deliveries: list[_Delivery]) -> None:
         held = self._held
@@ -664,8 +701,9 @@ class Subscription:
         self._ready.extend(deliveries)
         self._ready_signal.set()
         self.stats.received += len(deliveries)
-        if self.in_flight > self.stats.max_in_flight_seen:
-            self.stats.max_in_flight_seen = self.in_flight
+        holding = len(held) + len(self._acks) + self._acks_sending
+        if holding > self.stats.max_in_flight_seen:
+            self.stats.max_in_flight_seen = holding
 
     async def _fetch_payloads(self, wanted: list[_Delivery]) -> list[Any] | None:
         """HGETALL every payload (and the idempotency marks) in one pipeline,
@@ -859,9 +897,7 @@ class Subscription:
             if opts.idempotent:
                 await self._mark_done(d)
             if self._ack_after_success and not d.acked:
-                d.acked = True
-                self._acks.append(d.entry_id)
-                self._ack_wakeup.set()
+                self._ack(d)
             return
 
     def _context(self, d: _Delivery, operation: str) -> EventContext:
@@ -943,6 +979,7 @@ class Subscription:
             return
         d.acked = True
         self._acks.append(d.entry_id)
+        self._acking.add(d.entry_id)
         self._ack_wakeup.set()
 
     async def _mark_done(self, d: _Delivery) -> None:
@@ -1066,12 +1103,7 @@ class Subscription:
             try:
                 await self._redis.xack(self._stream, self.group, *batch)
             except Exception as exc:
-                if "NOGROUP" in str(exc):
-                    log.warning("%s: acks lost with the group; events may repeat", self)
-                    continue
                 self._acks[:0] = batch
-                if not is_transient(exc):
-                    raise
                 failures += 1
                 if final and failures > 5:
                     log.warning(
@@ -1081,11 +1113,16 @@ class Subscription:
                         exc,
                     )
                     return
+                if not is_transient(exc) and failures == 1:
+                    log.error("%s: acks refused (%s); retrying", self, exc)
+                # The acker must not die: without it an idle reader's acks would
+                # never be written.
                 await self._outage(exc)
                 continue
             finally:
                 self._acks_sending -= len(batch)
                 self._room.set()
+            self._acking.difference_update(batch)
             self.stats.acked += len(batch)
 
     # --- claims ---------------------------------------------------------------------
@@ -1093,7 +1130,7 @@ class Subscription:
     async def _claim_loop(self) -> None:
         interval = self.options.effective_claim_interval
         cursor = "0-0"
-        while True:
+        while not self._stopping.is_set():
             await asyncio.sleep(interval)
             try:
                 await self._renew_leases()
@@ -1133,6 +1170,14 @@ class Subscription:
         free = self._free_room()
         if free <= 0 or self._stopping.is_set():
             return cursor
+        # Hold the room while claiming, or the reader would fill it meanwhile.
+        self._reserved += free
+        try:
+            return await self._claim_into(cursor, free)
+        finally:
+            self._reserved -= free
+
+    async def _claim_into(self, cursor: str, free: int) -> str:
         self.stats.claim_scans += 1
         response = await self._redis.xautoclaim(
             self._stream,
@@ -1143,7 +1188,7 @@ class Subscription:
             count=free,
         )
         next_cursor = _text(response[0])
-        entries = [e for e in response[1] if _text(e[0]) not in self._held]
+        entries = [e for e in response[1] if not self._busy(_text(e[0]))]
         if entries:
             counts = await self._delivery_counts(entries)
             self.stats.claimed += len(entries)

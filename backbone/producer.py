@@ -134,7 +134,9 @@ class Producer:
         self.options = options or ProducerOptions()
         self.identity = self.options.identity or default_identity()
         self._stream = keys.stream
-        self._writer_key = keys.writer(self.identity)
+        # The batch record is this instance's alone, even when several producers
+        # share an identity: a retry must only ever find its own batches.
+        self._writer_key = keys.writer(f"{self.identity}:{secrets.token_hex(6)}")
         self._payload_prefix = keys.payload_prefix
         self._record_ttl_ms = str(
             int(max(60.0, 2 * self.options.publish_timeout) * 1000)
@@ -397,9 +399,12 @@ class Producer:
         return ids
 
     async def _send_one_by_one(self, items: list[_Item]) -> list[EventId]:
-        """After Redis refused a whole batch, find which events it refuses."""
+        """After Redis refused a whole batch, send its events one at a time, so
+        that only the refused ones fail. Each caller learns its outcome as soon
+        as it is known; when Redis becomes unreachable, the events not sent yet
+        fail with that error (those already written keep their ids)."""
         results: list[EventId] = []
-        for item in items:
+        for index, item in enumerate(items):
             try:
                 (event_id,) = await self._send([item], atomic=True)
             except PublishError as exc:
@@ -408,6 +413,13 @@ class Producer:
                 item.future.set_exception(exc)
                 results.append(EventId(self._stream, "0-0"))
                 continue
+            except Exception as exc:
+                for rest in items[index:]:
+                    if rest.future is not None and not rest.future.done():
+                        rest.future.set_exception(exc)
+                raise
+            if item.future is not None and not item.future.done():
+                item.future.set_result(event_id)
             results.append(event_id)
         return results
 

@@ -11,8 +11,10 @@ class FlakyProxy:
 
     ``drop_replies(n)``: for the next N replies from Redis, close the client's
     connection instead of forwarding the reply (the command ran, the client does
-    not learn its outcome). ``cut()``: close every open connection now.
-    ``refuse(True)``: accept and close new connections at once (Redis "down").
+    not learn its outcome). ``drop_reply_containing(marker)``: the same for the
+    next reply holding MARKER. ``cut()``: close every open connection now.
+    ``refuse(True)``: accept and close new connections at once (Redis "down");
+    ``refused`` counts them.
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -20,7 +22,9 @@ class FlakyProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._drop = 0
+        self._drop_marker: bytes | None = None
         self._refuse = False
+        self.refused = 0
         self._links: set[asyncio.StreamWriter] = set()
         self.dropped = 0
 
@@ -35,6 +39,9 @@ class FlakyProxy:
 
     def drop_replies(self, count: int = 1) -> None:
         self._drop = count
+
+    def drop_reply_containing(self, marker: bytes) -> None:
+        self._drop_marker = marker
 
     def refuse(self, refusing: bool = True) -> None:
         self._refuse = refusing
@@ -56,6 +63,7 @@ class FlakyProxy:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         if self._refuse:
+            self.refused += 1
             writer.transport.abort()
             return
         try:
@@ -77,6 +85,10 @@ class FlakyProxy:
                 while data := await up_reader.read(65536):
                     if self._drop > 0:
                         self._drop -= 1
+                        self.dropped += 1
+                        break
+                    if self._drop_marker is not None and self._drop_marker in data:
+                        self._drop_marker = None
                         self.dropped += 1
                         break
                     writer.write(data)

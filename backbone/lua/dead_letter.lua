@@ -1,5 +1,7 @@
--- Move one event of a consumer group to the dead-letter stream: acknowledge it in
--- the group, copy its payload hash next to the dead letter, append the dead letter.
+-- Move one event of a consumer group to the dead-letter stream: append the dead
+-- letter, copy the event's payload hash next to it, acknowledge the event in the
+-- group. The ack comes last, so a failure before it leaves the event pending
+-- (and a failure after the append removes the dead letter again).
 --
 -- KEYS[1]  stream
 -- KEYS[2]  dead-letter stream
@@ -12,11 +14,23 @@
 --
 -- Returns the dead letter's entry id, or false when skipped.
 if ARGV[3] == '1' then
-  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+  local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+  if #pending == 0 then
     return false
   end
 end
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  redis.call('COPY', KEYS[3], KEYS[4], 'REPLACE')
+local added = redis.pcall('XADD', KEYS[2], '*', unpack(ARGV, 4))
+if type(added) == 'table' and added.err then
+  return redis.error_reply(added.err)
 end
-return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  local copied = redis.pcall('COPY', KEYS[3], KEYS[4], 'REPLACE')
+  if type(copied) == 'table' and copied.err then
+    redis.call('XDEL', KEYS[2], added)
+    return redis.error_reply(copied.err)
+  end
+end
+if ARGV[3] == '1' then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+end
+return added

@@ -5,7 +5,9 @@
 -- KEYS[2]  the producer's batch record (dedupe of retried batches)
 -- ARGV[1]  payload key prefix ("<stream>:p:")
 -- ARGV[2]  batch sequence number of this producer ("" = keep no record)
--- ARGV[3]  "1" when this call retries a batch whose outcome is unknown
+-- ARGV[3]  "1" when this call retries a batch whose outcome is unknown (logged
+--          by the client; the record is checked on every call, since a first
+--          attempt that timed out may still arrive after its retry)
 -- ARGV[4]  batch record time to live, milliseconds
 -- ARGV[5]  number of events N
 -- ARGV[6]  number of templates T (one per operation in the batch), then T times:
@@ -21,12 +23,15 @@
 local stream = KEYS[1]
 local n = tonumber(ARGV[5])
 
-if ARGV[3] == '1' and ARGV[2] ~= '' then
+if ARGV[2] ~= '' then
+  -- The record names this producer's last batch: "<batch no> <first id> <last id>".
+  -- Finding this batch's number there means an earlier attempt whose reply was
+  -- lost wrote it: answer with its entries instead of writing them again.
   local record = redis.call('GET', KEYS[2])
   if record then
-    local space = string.find(record, ' ', 1, true)
-    if space and string.sub(record, 1, space - 1) == ARGV[2] then
-      local entries = redis.call('XRANGE', stream, string.sub(record, space + 1), '+', 'COUNT', n)
+    local seq, first, last = string.match(record, '^(%S+) (%S+) (%S+)$')
+    if seq == ARGV[2] then
+      local entries = redis.call('XRANGE', stream, first, last)
       local ids = {}
       for i = 1, #entries do ids[i] = entries[i][1] end
       return {1, ids}
@@ -99,6 +104,6 @@ for i = 1, n do
 end
 
 if ARGV[2] ~= '' and n > 0 then
-  redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. ids[1], 'PX', ARGV[4])
+  redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. ids[1] .. ' ' .. ids[n], 'PX', ARGV[4])
 end
 return {0, ids}
