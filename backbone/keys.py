@@ -8,7 +8,7 @@ live in one slot and can be written together atomically::
     bb:{dev:hello.event-sourcing}:p:<entry id>       payload hash of one event
     bb:{dev:hello.event-sourcing}:dlq                dead-letter stream
     bb:{dev:hello.event-sourcing}:dlq:p:<group>:<id> payload copy of a dead letter
-    bb:{dev:hello.event-sourcing}:w:<producer>       a producer's last batch (dedupe)
+    bb:{dev:hello.event-sourcing}:w:<producer>:<n>   a producer's last batch (dedupe)
     bb:{dev:hello.event-sourcing}:done:<group>       a group's idempotency marks
 """
 
