@@ -207,10 +207,6 @@ class Subscription:
         self._completion: asyncio.Future[None] | None = None
         self._last_prune = 0.0
         self._needs_recovery = False
-        self._handler_names = {
-            op.name: f"{type(dispatcher.handler).__qualname__}.{op.method}"
-            for op in dispatcher.contract.spec.operations
-        }
 
     @staticmethod
     def _start_id(start: StartFrom | EventId | str) -> str:
@@ -806,7 +802,7 @@ class Subscription:
                 f"delivered {d.delivery_count} times (max_deliveries is "
                 f"{self.options.retry.max_deliveries}); the consumers handling it may "
                 "have crashed",
-                handler=self._handler_names.get(operation),
+                handler=route.handler_name,
             )
             return
         if d.done_mark:

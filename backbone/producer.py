@@ -219,8 +219,7 @@ class Producer:
         if template is None:
             spec = operation.operation
             fields = operation.field_names
-            template = [
-                8,
+            meta: list[bytes | str] = [
                 F_OPERATION,
                 spec.name,
                 F_VERSION,
@@ -229,9 +228,8 @@ class Producer:
                 spec.contract,
                 F_PRODUCER,
                 self.identity,
-                len(fields),
-                *fields,
             ]
+            template = [len(meta), *meta, len(fields), *fields]
             self._templates[operation] = template
         return template
 
@@ -297,10 +295,9 @@ class Producer:
         argv: list[bytes | str | int] = [
             self._payload_prefix,
             sequence,
-            "0",
             self._record_ttl_ms,
             len(items),
-            0,
+            0,  # the number of templates, set below
         ]
         numbers: dict[OperationCodec, int] = {}
         body: list[bytes | str | int] = []
@@ -315,7 +312,7 @@ class Producer:
             if item.extra:
                 body.extend(item.extra)
             body.extend(item.values)
-        argv[5] = len(numbers)
+        argv[4] = len(numbers)
         argv.extend(body)
         deadline = time.monotonic() + self.options.publish_timeout
         delay = 0.05
@@ -356,9 +353,8 @@ class Producer:
                 if not is_transient(exc):
                     raise
                 last_error = exc
-            # The outcome of the failed attempt is unknown: retry as a retry, so the
-            # script returns what a first attempt that did get through wrote.
-            argv[2] = "1"
+            # The outcome of the failed attempt is unknown: the same batch number
+            # lets the script return what an attempt that got through wrote.
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise PublishTimeout(

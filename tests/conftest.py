@@ -19,11 +19,13 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 import redis
 
 import backbone
+from proxy import FlakyProxy
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -161,6 +163,19 @@ async def real_bus(real_url: str, environment: str) -> AsyncIterator[backbone.Ba
     finally:
         await drop_environment(connection)
         await connection.close()
+
+
+@pytest.fixture
+async def proxy(real_url: str) -> AsyncIterator[FlakyProxy]:
+    """A misbehaving TCP proxy in front of the real Redis (see proxy.py)."""
+    target = urlparse(real_url)
+    flaky = await FlakyProxy(
+        target.hostname or "127.0.0.1", target.port or 6379
+    ).start()
+    try:
+        yield flaky
+    finally:
+        await flaky.close()
 
 
 async def drop_environment(connection: backbone.Backbone) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
-from urllib.parse import urlparse
 
 import pytest
 import redis.exceptions as rex
@@ -24,18 +22,6 @@ from typed_contracts.all_types_gen import all_types_producer
 
 URI = "edges"
 BEGINNING = backbone.StartFrom.BEGINNING
-
-
-@pytest.fixture
-async def proxy(real_url: str) -> AsyncIterator[FlakyProxy]:
-    target = urlparse(real_url)
-    flaky = await FlakyProxy(
-        target.hostname or "127.0.0.1", target.port or 6379
-    ).start()
-    try:
-        yield flaky
-    finally:
-        await flaky.close()
 
 
 async def publish(bus: backbone.Backbone, count: int, start: int = 0) -> list[str]:

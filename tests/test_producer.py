@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 import redis.asyncio
@@ -19,18 +17,6 @@ from helpers import moment
 from proxy import FlakyProxy
 
 URI = "orders"
-
-
-@pytest.fixture
-async def proxy(real_url: str) -> AsyncIterator[FlakyProxy]:
-    target = urlparse(real_url)
-    flaky = await FlakyProxy(
-        target.hostname or "127.0.0.1", target.port or 6379
-    ).start()
-    try:
-        yield flaky
-    finally:
-        await flaky.close()
 
 
 async def test_lost_reply_is_retried_without_duplicate(

@@ -4,13 +4,10 @@
 -- KEYS[1]  stream
 -- KEYS[2]  the producer's batch record (dedupe of retried batches)
 -- ARGV[1]  payload key prefix ("<stream>:p:")
--- ARGV[2]  batch sequence number of this producer ("" = keep no record)
--- ARGV[3]  "1" when this call retries a batch whose outcome is unknown (logged
---          by the client; the record is checked on every call, since a first
---          attempt that timed out may still arrive after its retry)
--- ARGV[4]  batch record time to live, milliseconds
--- ARGV[5]  number of events N
--- ARGV[6]  number of templates T (one per operation in the batch), then T times:
+-- ARGV[2]  batch sequence number of this producer (the same on every attempt)
+-- ARGV[3]  batch record time to live, milliseconds
+-- ARGV[4]  number of events N
+-- ARGV[5]  number of templates T (one per operation in the batch), then T times:
 --            M, M metadata field/value strings, F, F payload field names
 -- then N times:
 --            template number (1-based), producer time, X, X extra metadata
@@ -21,28 +18,27 @@
 --
 -- Returns {duplicate (0|1), {entry id, ...}}.
 local stream = KEYS[1]
-local n = tonumber(ARGV[5])
+local n = tonumber(ARGV[4])
 
-if ARGV[2] ~= '' then
-  -- The record names this producer's last batch: "<batch no> <first id> <last id>".
-  -- Finding this batch's number there means an earlier attempt whose reply was
-  -- lost wrote it: answer with its entries instead of writing them again.
-  local record = redis.call('GET', KEYS[2])
-  if record then
-    local seq, first, last = string.match(record, '^(%S+) (%S+) (%S+)$')
-    if seq == ARGV[2] then
-      local entries = redis.call('XRANGE', stream, first, last)
-      local ids = {}
-      for i = 1, #entries do ids[i] = entries[i][1] end
-      return {1, ids}
-    end
+-- The record names this producer's last batch: "<batch no> <first id> <last id>".
+-- Finding this batch's number there means an earlier attempt whose reply was lost
+-- wrote it: answer with its entries instead of writing them again. It is checked
+-- on every call, since a first attempt that timed out may arrive after its retry.
+local record = redis.call('GET', KEYS[2])
+if record then
+  local seq, first, last = string.match(record, '^(%S+) (%S+) (%S+)$')
+  if seq == ARGV[2] then
+    local entries = redis.call('XRANGE', stream, first, last)
+    local ids = {}
+    for i = 1, #entries do ids[i] = entries[i][1] end
+    return {1, ids}
   end
 end
 
 local prefix = ARGV[1]
 local metas, hashes, widths = {}, {}, {}
-local pos = 7
-for t = 1, tonumber(ARGV[6]) do
+local pos = 6
+for t = 1, tonumber(ARGV[5]) do
   local m = tonumber(ARGV[pos])
   local meta = {}
   for j = 1, m do meta[j] = ARGV[pos + j] end
@@ -103,7 +99,7 @@ for i = 1, n do
   pos = pos + f
 end
 
-if ARGV[2] ~= '' and n > 0 then
-  redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. ids[1] .. ' ' .. ids[n], 'PX', ARGV[4])
+if n > 0 then
+  redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. ids[1] .. ' ' .. ids[n], 'PX', ARGV[3])
 end
 return {0, ids}
