@@ -16,12 +16,13 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import msgpack
 
 from contracts.shipment_tracking import Product, User
+from contracts.shipment_tracking_gen import ShipmentTrackingProducer
 
 __all__ = [
     "BATCH_SIZE",
@@ -40,6 +41,7 @@ __all__ = [
     "identity",
     "order_placed_args",
     "packing_args",
+    "write_batches",
 ]
 
 CONTRACT: Final = "ShipmentTracking"
@@ -62,6 +64,24 @@ def order_placed_args() -> tuple[User, Product, dt.datetime]:
     user = User(id=42, name="User 42", email=EMAIL)
     product = Product(id=PRODUCT_ID, name="Widget 42", price=decimal.Decimal("9.99"))
     return user, product, event_time()
+
+
+async def write_batches(
+    producer: ShipmentTrackingProducer,
+    operation: str,
+    args: Sequence[Any],
+    events: int,
+    size: int,
+) -> None:
+    """EVENTS OPERATION(ARGS) events through PRODUCER, in explicit batches of SIZE."""
+    left = events
+    while left > 0:
+        n = min(size, left)
+        async with producer.batch() as batch:
+            add = getattr(batch, operation)
+            for _ in range(n):
+                add(*args)
+        left -= n
 
 
 def identity() -> str:

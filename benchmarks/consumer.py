@@ -37,6 +37,7 @@ from .common import (
     packing_args,
     ratio,
     repeat_count,
+    write_batches,
 )
 from .server import BenchServer
 
@@ -81,14 +82,7 @@ class CountingHandler:
 async def prewrite(bus: backbone.Backbone, uri: str, events: int, batch: int) -> None:
     """EVENTS packing events written by backbone's producer (the real layout)."""
     producer = shipment_tracking_producer(bus, uri)
-    args = packing_args()
-    left = events
-    while left > 0:
-        n = min(batch, left)
-        async with producer.batch() as b:
-            for _ in range(n):
-                b.packing(*args)
-        left -= n
+    await write_batches(producer, "packing", packing_args(), events, batch)
 
 
 async def _pending(client: aioredis.Redis, stream: str, group: str) -> int:

@@ -27,6 +27,7 @@ from .common import (
     identity,
     order_placed_args,
     ratio,
+    write_batches,
 )
 from .server import BenchServer
 
@@ -45,14 +46,7 @@ async def _write_backbone(
     bus: backbone.Backbone, uri: str, events: int, batch: int
 ) -> None:
     producer = shipment_tracking_producer(bus, uri)
-    args = order_placed_args()
-    left = events
-    while left > 0:
-        n = min(batch, left)
-        async with producer.batch() as b:
-            for _ in range(n):
-                b.order_placed(*args)
-        left -= n
+    await write_batches(producer, "order_placed", order_placed_args(), events, batch)
 
 
 async def stored_payload(server: BenchServer) -> list[bytes]:

@@ -15,7 +15,6 @@ import redis.asyncio as aioredis
 
 import backbone
 from contracts.shipment_tracking_gen import (
-    ShipmentTrackingProducer,
     shipment_tracking_producer,
 )
 
@@ -33,6 +32,7 @@ from .common import (
     ratio,
     repeat_count,
     timed,
+    write_batches,
 )
 from .server import BenchServer
 
@@ -63,23 +63,6 @@ async def _concurrent(
     share, extra = divmod(events, tasks)
     counts = [share + (1 if i < extra else 0) for i in range(tasks)]
     await asyncio.gather(*(_single(call, n) for n in counts if n))
-
-
-async def _batches(
-    producer: ShipmentTrackingProducer,
-    operation: str,
-    args: Sequence[Any],
-    events: int,
-    size: int,
-) -> None:
-    left = events
-    while left > 0:
-        n = min(size, left)
-        async with producer.batch() as batch:
-            add = getattr(batch, operation)
-            for _ in range(n):
-                add(*args)
-        left -= n
 
 
 class _EntryIds:
@@ -237,7 +220,7 @@ def _backbone_once(
         elif mode == "concurrent":
             await _concurrent(call, events, settings.concurrency)
         else:
-            await _batches(producer, operation, args, events, settings.batch_size)
+            await write_batches(producer, operation, args, events, settings.batch_size)
 
     keys = bus.keys(uri)
 

@@ -34,9 +34,9 @@ from contracts.shipment_tracking_gen import (
     subscribe_shipment_tracking,
 )
 
-from .common import BATCH_SIZE, packing_args
+from .common import BATCH_SIZE, packing_args, write_batches
 from .consumer import CountingHandler, prewrite
-from .producer import _batches, _concurrent
+from .producer import _concurrent
 from .server import BenchServer, open_server
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "profile"
@@ -92,10 +92,10 @@ async def producer_batch(server: BenchServer, events: int, profiler: Probe) -> f
     async with backbone.Backbone(server.url, environment=server.environment) as bus:
         producer = shipment_tracking_producer(bus, "profile.batch")
         args = packing_args()
-        await _batches(producer, "packing", args, BATCH_SIZE, BATCH_SIZE)
+        await write_batches(producer, "packing", args, BATCH_SIZE, BATCH_SIZE)
         started = time.perf_counter()
         profiler.enable()
-        await _batches(producer, "packing", args, events, BATCH_SIZE)
+        await write_batches(producer, "packing", args, events, BATCH_SIZE)
         profiler.disable()
         return time.perf_counter() - started
 
