@@ -30,7 +30,7 @@ import enum
 import functools
 import struct
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import msgpack
@@ -263,14 +263,6 @@ class OperationCodec:
                 ) from exc
             out.append(encoded)
         return out
-
-    def decode(self, fields: Mapping[bytes, bytes]) -> list[Any]:
-        """Decode a payload hash into arguments in parameter order.
-
-        Raises :class:`DecodeError` (reason ``undecodable`` or ``invalid-payload``)
-        naming the parameter.
-        """
-        return self.decode_values([fields.get(p.field) for p in self._params])
 
     def decode_values(self, raws: Sequence[bytes | None]) -> list[Any]:
         """Decode the payload's values given in parameter order (None: absent)."""

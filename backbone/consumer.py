@@ -95,8 +95,8 @@ class _Delivery:
     """One event held by the subscription.
 
     From read.lua it comes with its operation, re-drive group, flat fields and
-    payload VALUES in parameter order; from a claim or a recovery, with its FIELDS
-    as a dict and the PAYLOAD hash (fetched separately).
+    payload VALUES in parameter order; from a claim or a recovery, with its
+    fields already parsed and the same VALUES fetched separately.
     """
 
     entry_id: str
@@ -106,7 +106,6 @@ class _Delivery:
     op: bytes | None = None
     only: bytes | None = None
     values: list[bytes | None] | None = None
-    payload: dict[bytes, bytes] | None = None
     done_mark: bool = False
     acked: bool = False
     parsed: dict[bytes, bytes] | None = None
@@ -676,17 +675,15 @@ class Subscription:
             deliveries.append(d)
         if not deliveries:
             return
-        wanted = [d for d in deliveries if d.op is not None and self._mine(d)]
-        if wanted:
-            results = await self._fetch_payloads(wanted)
-            if results is None:
-                return  # stopping: the entries stay pending with this consumer
-            for d, payload in zip(wanted, results, strict=False):
-                d.payload = payload
-            if self.options.idempotent:
-                scores = results[-1]
-                for d, score in zip(wanted, scores, strict=True):
-                    d.done_mark = score is not None
+        # Payloads only for operations this consumer handles (others are skipped
+        # or dead-lettered, and the dead-letter script copies the hash itself).
+        wanted: list[tuple[_Delivery, tuple[bytes, ...]]] = []
+        for d in deliveries:
+            known = self._routes.get(d.op) if d.op is not None else None
+            if known is not None and known[1] is not None and self._mine(d):
+                wanted.append((d, known[1].codec.field_names))
+        if wanted and not await self._fetch_payloads(wanted):
+            return  # stopping: the entries stay pending with this consumer
         # The claimer and a recovery may have fetched the same entry meanwhile.
         self._enqueue([d for d in deliveries if not self._busy(d.entry_id)])
 
@@ -701,27 +698,39 @@ class Subscription:
         if holding > self.stats.max_in_flight_seen:
             self.stats.max_in_flight_seen = holding
 
-    async def _fetch_payloads(self, wanted: list[_Delivery]) -> list[Any] | None:
-        """HGETALL every payload (and the idempotency marks) in one pipeline,
-        retried through outages: the entries are already this consumer's."""
+    async def _fetch_payloads(
+        self, wanted: list[tuple[_Delivery, tuple[bytes, ...]]]
+    ) -> bool:
+        """Set each delivery's payload values (HMGET of its fields, in parameter
+        order, as read.lua answers them) and idempotency mark, in one pipeline
+        retried through outages: the entries are already this consumer's. False
+        when the subscription stopped first."""
         while True:
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    for d in wanted:
-                        pipe.hgetall(self.keys.payload(d.entry_id))
+                    for d, names in wanted:
+                        if names:
+                            pipe.hmget(self.keys.payload(d.entry_id), list(names))
                     if self.options.idempotent:
                         pipe.zmscore(
-                            self.keys.done(self.group), [_logical_id(d) for d in wanted]
+                            self.keys.done(self.group),
+                            [_logical_id(d) for d, _ in wanted],
                         )
                     results: list[Any] = await pipe.execute()
             except Exception as exc:
                 if not is_transient(exc):
                     raise
                 if self._stopping.is_set():
-                    return None
+                    return False
                 await self._outage(exc)
                 continue
-            return results
+            replies = iter(results)
+            for d, names in wanted:
+                d.values = next(replies) if names else []
+            if self.options.idempotent:
+                for (d, _), score in zip(wanted, next(replies), strict=True):
+                    d.done_mark = score is not None
+            return True
 
     def _mine(self, d: _Delivery) -> bool:
         only = d.only
@@ -817,20 +826,14 @@ class Subscription:
         await self._call(route, d, operation, args)
 
     def _decode(self, route: Route, d: _Delivery) -> list[Any]:
-        values = d.values
-        if values is not None:
-            missing = values.count(None) == len(values)
-        else:
-            missing = not d.payload
-        if missing and route.codec.parameter_names:
+        values = d.values if d.values is not None else []
+        if values.count(None) == len(values) and route.codec.parameter_names:
             raise DecodeError(
                 "missing-payload",
                 f"the payload hash {self.keys.payload(d.entry_id)} does not exist "
                 "(deleted, expired or never written)",
             )
-        if values is not None:
-            return route.codec.decode_values(values)
-        return route.codec.decode(d.payload or {})
+        return route.codec.decode_values(values)
 
     async def _call(
         self,
