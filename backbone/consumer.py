@@ -523,7 +523,7 @@ class Subscription:
                 d.done_mark = reply[n + 5] is not None
                 deliveries.append(d)
         finally:
-            self._reserved -= count
+            self._release_room(count)
         self._last_seen = deliveries[-1].entry_id
         self._enqueue(deliveries)
         return True
@@ -1169,33 +1169,41 @@ class Subscription:
         free = self._free_room()
         if free <= 0 or self._stopping.is_set():
             return cursor
-        # Hold the room while claiming, or the reader would fill it meanwhile.
+        # Hold the room while claiming, or the reader would fill it meanwhile;
+        # give back what the claim does not use as soon as that is known.
         self._reserved += free
+        held_back = free
         try:
-            return await self._claim_into(cursor, free)
-        finally:
-            self._reserved -= free
-
-    async def _claim_into(self, cursor: str, free: int) -> str:
-        self.stats.claim_scans += 1
-        response = await self._redis.xautoclaim(
-            self._stream,
-            self.group,
-            self.consumer,
-            int(self.options.claim_idle * 1000),
-            cursor,
-            count=free,
-        )
-        next_cursor = _text(response[0])
-        entries = [e for e in response[1] if not self._busy(_text(e[0]))]
-        if entries:
-            counts = await self._delivery_counts(entries)
-            self.stats.claimed += len(entries)
-            log.info(
-                "%s: claimed %d idle event(s) from other consumers", self, len(entries)
+            self.stats.claim_scans += 1
+            response = await self._redis.xautoclaim(
+                self._stream,
+                self.group,
+                self.consumer,
+                int(self.options.claim_idle * 1000),
+                cursor,
+                count=free,
             )
-            await self._admit(entries, counts)
-        return next_cursor
+            entries = [e for e in response[1] if not self._busy(_text(e[0]))]
+            self._release_room(held_back - len(entries))
+            held_back = len(entries)
+            if entries:
+                counts = await self._delivery_counts(entries)
+                self.stats.claimed += len(entries)
+                log.info(
+                    "%s: claimed %d idle event(s) from other consumers",
+                    self,
+                    len(entries),
+                )
+                await self._admit(entries, counts)
+            return _text(response[0])
+        finally:
+            self._release_room(held_back)
+
+    def _release_room(self, count: int) -> None:
+        """Give back COUNT reserved places, waking a reader that waits for room."""
+        self._reserved -= count
+        if count and self._room_waiting:
+            self._room.set()
 
     async def _prune_marks(self) -> None:
         if not self.options.idempotent:

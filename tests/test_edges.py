@@ -206,3 +206,25 @@ async def test_out_of_range_values_are_validation_errors(
             dt.timedelta(days=999_999_999),
         )
     assert caught.value.parameter == "span"
+
+
+async def test_claim_scans_never_leave_the_reader_waiting(
+    bus: backbone.Backbone,
+) -> None:
+    """A claim scan holds the free room while it runs; giving it back must wake a
+    reader that found no room meanwhile, or the reader waits for ever."""
+    handler = Flaky()
+    options = backbone.SubscriptionOptions(
+        max_in_flight=8, claim_idle=60.0, claim_interval=0.001
+    )
+    async with subscribe_shipment_tracking(
+        bus, URI, handler, group="g", start=BEGINNING, options=options
+    ) as sub:
+        for round_ in range(40):
+            await publish(bus, 10, start=10 * round_)
+            await eventually(
+                lambda round_=round_: handler.count() == 10 * (round_ + 1),
+                timeout=10,
+                message=f"round {round_} handled",
+            )
+        assert sub.stats.claim_scans > 0
