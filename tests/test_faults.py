@@ -225,6 +225,14 @@ async def test_b_redis_restart_loses_no_acknowledged_publish(
         seen = await workers.seen()
         lost = len(set(acknowledged) - stored)
         unhandled = len(set(acknowledged) - set(seen))
+        # Each consumer lost Redis and found it again (its counters are
+        # refreshed every 20 ms, and its last reconnect may follow a backoff).
+        for name in ("w1", "w2"):
+
+            async def reconnected(name: str = name) -> bool:
+                return (await workers.stats(name)).get("reconnects", 0) >= 1
+
+            await eventually(reconnected, timeout=30, message=f"{name} reconnected")
         reconnects = 0
         for name in ("w1", "w2"):
             reconnects += (await workers.stats(name)).get("reconnects", 0)
