@@ -8,9 +8,9 @@ subscribe through a :class:`Backbone` connection.
 from __future__ import annotations
 
 from .connection import Backbone
-from .consumer import Subscription, SubscriptionStats
+from .consume import Subscription, SubscriptionStats
 from .contract import ContractSpec, OperationSpec, contract, describe, operation
-from .deadletters import DeadLetter, DeadLetters
+from .deadletters import DeadLetter, DeadLetterReason, DeadLetters
 from .dispatch import CompiledContract, Dispatcher, Route, bind, route
 from .errors import (
     BackboneError,
@@ -46,6 +46,7 @@ __all__ = [
     "ContractError",
     "ContractSpec",
     "DeadLetter",
+    "DeadLetterReason",
     "DeadLetters",
     "DecodeError",
     "Dispatcher",

@@ -19,10 +19,11 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .errors import ConfigurationError
+from .faults import is_transient
 from .keys import StreamKeys, validate_part
 
 if TYPE_CHECKING:
-    from .consumer import Subscription
+    from .consume import Subscription
     from .contract import ContractSpec
     from .dispatch import Dispatcher
     from .events import EventId
@@ -35,31 +36,6 @@ log = logging.getLogger("backbone")
 
 EMBEDDED_SCHEME: Final = "memory://"
 ENV_URL: Final = "BACKBONE_REDIS_URL"
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True for errors that go away by themselves: lost connections, a server that
-    is loading its data or failing over, a replica that is read-only for now."""
-    if isinstance(
-        exc,
-        (
-            rex.ConnectionError,
-            rex.TimeoutError,
-            rex.BusyLoadingError,
-            rex.ReadOnlyError,
-            ConnectionError,
-            TimeoutError,
-            OSError,
-        ),
-    ):
-        return True
-    if isinstance(exc, rex.ResponseError):
-        text = str(exc)
-        # BUSY: another client's script is running long; it ends or is killed.
-        return text.startswith(
-            ("MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "BUSY ")
-        )
-    return False
 
 
 class _HiredisPacking:
@@ -167,13 +143,14 @@ class Script:
 class Scripts:
     """The scripts backbone runs, compiled once per connection."""
 
-    __slots__ = ("dead_letter", "publish", "read", "redrive")
+    __slots__ = ("dead_letter", "group", "publish", "read", "redrive")
 
     def __init__(self) -> None:
         self.publish = Script("publish")
         self.read = Script("read")
         self.dead_letter = Script("dead_letter")
         self.redrive = Script("redrive")
+        self.group = Script("group")
 
 
 class _Wakeups:
@@ -308,7 +285,7 @@ class Backbone:
         ``await`` the result to start it, or use it in ``async with``. START says
         where a new group begins (default: new events only).
         """
-        from .consumer import Subscription
+        from .consume import Subscription
         from .options import StartFrom
 
         return Subscription(

@@ -15,28 +15,57 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import datetime as dt
+import enum
+import traceback as tb
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
+
+import redis.exceptions as rex
 
 from .codec import unpack_value
-from .events import EventId
+from .events import EventId, as_text
 
 if TYPE_CHECKING:
     from .connection import Backbone
     from .keys import StreamKeys
 
-__all__ = ["DeadLetter", "DeadLetters"]
+__all__ = ["DeadLetter", "DeadLetterReason", "DeadLetters"]
+
+_MAX_ERROR_TEXT: Final = 2000
 
 
-def _s(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
+class DeadLetterReason(enum.StrEnum):
+    """Why an event was dead-lettered (compares equal to its text)."""
+
+    MALFORMED_ENTRY = "malformed-entry"
+    """The stream entry has no operation field."""
+    UNKNOWN_OPERATION = "unknown-operation"
+    """The consumer's contract has no such operation (a newer producer?)."""
+    MISSING_PAYLOAD = "missing-payload"
+    """The payload hash does not exist."""
+    UNREADABLE_PAYLOAD = "unreadable-payload"
+    """The payload key exists but Redis cannot read it as a hash (WRONGTYPE)."""
+    UNDECODABLE = "undecodable"
+    """A payload field is not valid msgpack."""
+    INVALID_PAYLOAD = "invalid-payload"
+    """A payload value does not fit its parameter's annotation, or is missing."""
+    HANDLER_ERROR = "handler-error"
+    """The handler failed on every one of ``max_deliveries`` deliveries."""
+    TOO_MANY_DELIVERIES = "too-many-deliveries"
+    """Delivered more than ``max_deliveries`` times (consumers died handling it)."""
+
+
+# The schema of a dead-letter entry: field names, written by to_fields() and read
+# by from_entry(); "m:<name>" fields copy the event's stream entry.
+_ID, _GROUP, _CONSUMER, _HANDLER = "id", "g", "cn", "h"
+_REASON, _ERROR_TYPE, _ERROR_MESSAGE, _TRACEBACK = "r", "et", "em", "tb"
+_DELIVERIES, _AT, _META = "n", "at", "m:"
+GROUP_FIELD: Final = _GROUP
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """One dead letter, as stored."""
+    """One dead letter: an event a consumer group gave up on, and why."""
 
     id: str
     event_id: EventId
@@ -56,32 +85,107 @@ class DeadLetter:
         return self.metadata.get("o", "")
 
     @classmethod
+    def of(
+        cls,
+        event_id: EventId,
+        *,
+        group: str,
+        consumer: str,
+        handler: str,
+        reason: DeadLetterReason | str,
+        error: BaseException | str,
+        deliveries: int,
+        metadata: Mapping[bytes, bytes],
+    ) -> DeadLetter:
+        """A new dead letter (not yet written) for an error or a message."""
+        if isinstance(error, BaseException):
+            error_type = type(error).__qualname__
+            module = type(error).__module__
+            if module not in ("builtins", "__main__"):
+                error_type = f"{module}.{error_type}"
+            message = str(error) or repr(error)
+            trace = "".join(tb.format_exception(error)[-12:])
+        else:
+            error_type, message, trace = str(reason), error, ""
+        return cls(
+            id="",
+            event_id=event_id,
+            group=group,
+            consumer=consumer,
+            handler=handler,
+            reason=str(reason),
+            error_type=error_type,
+            error_message=message[:_MAX_ERROR_TEXT],
+            traceback=trace[-_MAX_ERROR_TEXT * 2 :],
+            deliveries=deliveries,
+            at=dt.datetime.now(dt.UTC),
+            metadata={as_text(k): as_text(v) for k, v in metadata.items()},
+        )
+
+    def to_fields(self, entry_fields: Mapping[bytes, bytes]) -> list[bytes | str]:
+        """The dead-letter stream entry's field/value list. ENTRY_FIELDS are the
+        event's stream entry fields, copied byte for byte (re-driving rebuilds
+        the entry from them)."""
+        at = self.at or dt.datetime.now(dt.UTC)
+        fields: list[bytes | str] = [
+            _ID,
+            self.event_id.id,
+            _GROUP,
+            self.group,
+            _CONSUMER,
+            self.consumer,
+            _HANDLER,
+            self.handler,
+            _REASON,
+            self.reason,
+            _ERROR_TYPE,
+            self.error_type,
+            _ERROR_MESSAGE,
+            self.error_message,
+            _DELIVERIES,
+            str(self.deliveries),
+            _AT,
+            str(int(at.timestamp() * 1000)),
+        ]
+        if self.traceback:
+            fields += [_TRACEBACK, self.traceback]
+        for name, value in entry_fields.items():
+            fields += [_META.encode() + name, value]
+        return fields
+
+    @classmethod
     def from_entry(
         cls,
         stream: str,
         entry_id: bytes | str | None,
         fields: Mapping[bytes | str, bytes | str] | None,
     ) -> DeadLetter:
-        f = {_s(k): v for k, v in (fields or {}).items()}
-        at_text = _s(f.get("at"))
-        deliveries = _s(f.get("n"))
+        """Read a dead-letter stream entry (whatever it holds: missing or odd
+        fields read as empty)."""
+        f = {as_text(k): v for k, v in (fields or {}).items()}
+        at_text = as_text(f.get(_AT))
+        deliveries = as_text(f.get(_DELIVERIES))
+        at = None
+        if at_text.isdigit():
+            try:
+                at = dt.datetime.fromtimestamp(int(at_text) / 1000, tz=dt.UTC)
+            except (OverflowError, OSError, ValueError):
+                at = None
         return cls(
-            id=_s(entry_id),
-            event_id=EventId(stream, _s(f.get("id"))),
-            group=_s(f.get("g")),
-            consumer=_s(f.get("cn")),
-            handler=_s(f.get("h")),
-            reason=_s(f.get("r")),
-            error_type=_s(f.get("et")),
-            error_message=_s(f.get("em")),
-            traceback=_s(f.get("tb")),
+            id=as_text(entry_id),
+            event_id=EventId(stream, as_text(f.get(_ID))),
+            group=as_text(f.get(_GROUP)),
+            consumer=as_text(f.get(_CONSUMER)),
+            handler=as_text(f.get(_HANDLER)),
+            reason=as_text(f.get(_REASON)),
+            error_type=as_text(f.get(_ERROR_TYPE)),
+            error_message=as_text(f.get(_ERROR_MESSAGE)),
+            traceback=as_text(f.get(_TRACEBACK)),
             deliveries=int(deliveries) if deliveries.isdigit() else 0,
-            at=(
-                dt.datetime.fromtimestamp(int(at_text) / 1000, tz=dt.UTC)
-                if at_text.isdigit()
-                else None
-            ),
-            metadata={k[2:]: _s(v) for k, v in f.items() if k.startswith("m:")},
+            at=at,
+            metadata={
+                k[len(_META) :]: as_text(v) for k, v in f.items() if k.startswith(_META)
+            },
         )
 
 
@@ -113,7 +217,7 @@ class DeadLetters:
                     found.append(letter)
                     if len(found) >= limit:
                         break
-            start = "(" + _s(page[-1][0])
+            start = "(" + as_text(page[-1][0])
         return found
 
     async def get(self, dlq_id: str) -> DeadLetter | None:
@@ -128,13 +232,19 @@ class DeadLetters:
     async def payload(self, letter: DeadLetter) -> dict[str, Any]:
         """The dead letter's payload, each field decoded from msgpack (untyped)."""
         key = self.keys.dead_letter_payload(letter.group, letter.event_id.id)
-        raw = cast(dict[bytes, bytes], await self.backbone.redis.hgetall(key))
+        try:
+            raw = cast(dict[bytes, bytes], await self.backbone.redis.hgetall(key))
+        except rex.ResponseError as exc:
+            # The event's payload key held something else than a hash (the reason
+            # it was dead-lettered, most likely); its copy is the same.
+            kind = as_text(await self.backbone.redis.type(key))
+            return {"<unreadable>": f"the payload copy {key} is a {kind}: {exc}"}
         decoded: dict[str, Any] = {}
         for name, value in raw.items():
             try:
-                decoded[_s(name)] = unpack_value(value)
+                decoded[as_text(name)] = unpack_value(value)
             except Exception as exc:
-                decoded[_s(name)] = f"<undecodable: {type(exc).__name__}: {exc}>"
+                decoded[as_text(name)] = f"<undecodable: {type(exc).__name__}: {exc}>"
         return decoded
 
     async def retry(self, dlq_ids: Sequence[str]) -> builtins.list[EventId]:
@@ -157,7 +267,7 @@ class DeadLetters:
                 (dlq_id, self.keys.payload_prefix),
             )
             if result:
-                new_ids.append(EventId(self.keys.stream, _s(result)))
+                new_ids.append(EventId(self.keys.stream, as_text(result)))
         if new_ids:
             self.backbone.notify_written(self.keys.stream)
         return new_ids
@@ -189,6 +299,9 @@ class DeadLetters:
             if not page:
                 return ids
             for entry_id, fields in page:
-                if group is None or _s((fields or {}).get(b"g")) == group:
-                    ids.append(_s(entry_id))
-            start = "(" + _s(page[-1][0])
+                if (
+                    group is None
+                    or as_text((fields or {}).get(GROUP_FIELD.encode())) == group
+                ):
+                    ids.append(as_text(entry_id))
+            start = "(" + as_text(page[-1][0])

@@ -104,6 +104,10 @@ class EventContext:
     correlation_id: str | None = None
     causation_id: str | None = None
     original_id: EventId | None = None
+    unreadable: tuple[str, ...] = ()
+    """What of the entry's metadata could not be read (a producer time out of
+    range, a version that is not a number): one line each, naming the field. The
+    event itself is still handled; the unreadable values read as None or 1."""
     _ack: Callable[[], Awaitable[None]] | None = dataclasses.field(
         default=None, repr=False, compare=False
     )
@@ -120,6 +124,13 @@ class EventContext:
         """
         if self._ack is not None:
             await self._ack()
+
+
+def as_text(value: bytes | str | None) -> str:
+    """A Redis reply value as text (bytes that are not UTF-8 are replaced)."""
+    if value is None:
+        return ""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 class _NoContext:

@@ -324,7 +324,7 @@ async def test_stop_finishes_running_handlers_and_leaves_the_rest_pending(
     sub = await subscribe(bus, handler, max_in_flight=6, concurrency=2)
     await eventually(lambda: handler.running == 2 and sub.in_flight == 6)
     stopping = asyncio.ensure_future(sub.stop())
-    await eventually(lambda: sub._stopping.is_set())
+    await eventually(lambda: sub.stopping)
     gate.set()
     await stopping
     assert handler.count() == 2

@@ -155,7 +155,7 @@ async def test_claimed_events_keep_their_delivery_counts(
     await bus.redis.xclaim(stream, "g", "c1", 0, [ids[0], ids[2]], retrycount=8)
     sub = subscribe_shipment_tracking(bus, URI, Flaky(), group="g", consumer="c1")
     entries = [(ids[0].encode(), {}), (ids[2].encode(), {})]
-    counts = await sub._delivery_counts(entries)
+    counts = await sub._reader.fetcher.delivery_counts(entries)
     assert counts == {ids[0]: 8, ids[2]: 8}
 
 

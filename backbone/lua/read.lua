@@ -18,8 +18,9 @@
 -- Returns {false, id, op, rg, fields, values, mark, ...} (6 per entry): OP and RG
 -- are the entry's operation and re-drive group (false when absent), FIELDS its
 -- flat field/value list, VALUES the payload values (false for an operation not
--- in the list, false items for missing fields), MARK its idempotency score or
--- false. With nothing new it returns {last entry id of the stream}, for XREAD.
+-- in the list, false items for missing fields; a string, the error's text, when
+-- the payload key cannot be read as a hash), MARK its idempotency score or
+-- false (also when the marks key cannot be read). With nothing new it returns {last entry id of the stream}, for XREAD.
 local known = {}
 local pos = 7
 for k = 1, tonumber(ARGV[6]) do
@@ -66,13 +67,19 @@ for _, entry in ipairs(entries) do
   local names = op and known[op]
   if names and (not rg or rg == ARGV[1]) then
     if #names > 0 then
-      values = redis.call('HMGET', prefix .. id, unpack(names))
+      -- pcall: the key is anyone's to write; an error about it (WRONGTYPE) is
+      -- about this entry alone, and is answered as its text.
+      values = redis.pcall('HMGET', prefix .. id, unpack(names))
+      if type(values) == 'table' and values.err then values = values.err end
     else
       values = {}
     end
   end
   local mark = false
-  if marks then mark = redis.call('ZSCORE', marks, ri or id) end
+  if marks then
+    mark = redis.pcall('ZSCORE', marks, ri or id)
+    if type(mark) == 'table' and mark.err then mark = false end
+  end
   out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5], out[n + 6] =
     id, op, rg, fields, values, mark
   n = n + 6

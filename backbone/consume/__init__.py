@@ -1,0 +1,28 @@
+"""Consuming: a subscription and the stages it is made of.
+
+========================  ====================================================
+module                    stage
+========================  ====================================================
+``subscription``          :class:`Subscription`: composes the stages, start/stop
+``state``                 the state they share: the room (:class:`Window`),
+                          outages, counters
+``reader``                reads for the free room (read.lua), blocks when idle,
+                          recovers its own pending entries
+``fetcher``               payloads of claimed and recovered entries
+``claimer``               lease renewal and claims of dead members' events
+``workers``               decide, decode, call, retry
+``deadletter``            the dead-letter step
+``acker``                 writes acks the reader did not carry
+``group``                 creates and recreates the consumer group
+``idempotency``           per-group marks of handled events (opt-in)
+``context``               the handler's EventContext from entry metadata
+``delivery``              one held event
+========================  ====================================================
+"""
+
+from __future__ import annotations
+
+from .state import SubscriptionStats
+from .subscription import Subscription
+
+__all__ = ["Subscription", "SubscriptionStats"]

@@ -1,0 +1,103 @@
+"""The dead-letter step: move one event out of the group's way, with its reason.
+
+``lua/dead_letter.lua`` appends the dead letter (the schema is
+:class:`backbone.DeadLetter`), copies the payload key beside it and acks the event,
+in one atomic step, and only while the event is still pending in the group: an
+event another member acknowledged meanwhile is not dead-lettered.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..deadletters import DeadLetter, DeadLetterReason
+from ..events import EventId
+from ..faults import is_transient
+
+if TYPE_CHECKING:
+    from .delivery import Delivery
+    from .state import SubscriptionState
+
+__all__ = ["DeadLetterStep"]
+
+log = logging.getLogger("backbone.consumer")
+
+_ATTEMPTS = 20
+
+
+class DeadLetterStep:
+    """Dead-letters deliveries of one subscription."""
+
+    def __init__(self, state: SubscriptionState) -> None:
+        self.state = state
+
+    async def __call__(
+        self,
+        d: Delivery,
+        reason: DeadLetterReason | str,
+        error: BaseException | str,
+        *,
+        handler: str | None = None,
+    ) -> None:
+        """Dead-letter D. When Redis refuses (the dead-letter stream is not a
+        stream, say) or stays away, D stays pending: it comes back later."""
+        state = self.state
+        letter = DeadLetter.of(
+            EventId(state.stream, d.entry_id),
+            group=state.group,
+            consumer=state.consumer,
+            handler=handler or "",
+            reason=reason,
+            error=error,
+            deliveries=d.delivery_count,
+            metadata=d.fields,
+        )
+        keys = (
+            state.stream,
+            state.keys.dead_letters,
+            state.keys.payload(d.entry_id),
+            state.keys.dead_letter_payload(state.group, d.entry_id),
+        )
+        argv: list[Any] = [
+            state.group,
+            d.entry_id,
+            "0" if state.noack else "1",
+            *letter.to_fields(d.fields),
+        ]
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                written = await state.backbone.scripts.dead_letter.run(
+                    state.redis, keys, argv
+                )
+                break
+            except Exception as exc:
+                if (
+                    not is_transient(exc)
+                    or state.stopping.is_set()
+                    or attempt >= _ATTEMPTS
+                ):
+                    log.error(
+                        "%s: could not dead-letter %s (%s); it stays pending",
+                        state,
+                        d.entry_id,
+                        exc,
+                    )
+                    return
+                await state.outage.wait(exc)
+        d.acked = True
+        if written is None:
+            log.info("%s: %s was acked elsewhere; not dead-lettered", state, d.entry_id)
+            return
+        state.stats.dead_lettered += 1
+        log.warning(
+            "%s: dead-lettered %s (%s) after %d deliveries: %s: %s",
+            state,
+            d.entry_id,
+            letter.reason,
+            d.delivery_count,
+            letter.error_type,
+            letter.error_message[:300],
+        )
