@@ -7,7 +7,8 @@ which writes every event of the batch or none of them.
 
 A lost connection is retried until ``publish_timeout``; a retried batch carries
 the same batch number, and the script returns the entries the first attempt
-wrote instead of writing them twice.
+wrote instead of writing them twice. Batch numbers only grow, so an attempt that
+reaches Redis after a later batch was recorded writes nothing at all.
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
-import os
 import secrets
-import socket
 import time
 from collections.abc import Sequence
 from types import TracebackType
@@ -44,6 +43,7 @@ from .events import (
     EventId,
     current_event,
 )
+from .producer_options import ProducerOptions, default_identity
 
 if TYPE_CHECKING:
     from .connection import Backbone
@@ -54,55 +54,10 @@ __all__ = ["Batch", "Producer", "ProducerOptions"]
 
 log = logging.getLogger("backbone.producer")
 
-
-def default_identity() -> str:
-    """host:pid:random, unique per producer instance."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ProducerOptions:
-    """How a producer writes.
-
-    publish_timeout: seconds a call may spend retrying a lost connection before it
-        raises :class:`PublishTimeout`.
-    max_batch: most events in one round trip.
-    linger: seconds to wait for more calls before a round trip (0: never wait;
-        calls that arrive during a round trip still share the next one).
-    max_atomic_batch: most events in one ``publish_many`` (all-or-nothing) call.
-    identity: the producer's identity in each event (default host:pid:random).
-    min_replicas: after each write, ``WAIT`` until this many replicas confirmed it;
-        fewer within ``replica_timeout`` seconds raises :class:`ReplicationTimeout`.
-    """
-
-    publish_timeout: float = 30.0
-    max_batch: int = 1000
-    linger: float = 0.0
-    max_atomic_batch: int = 10_000
-    identity: str | None = None
-    min_replicas: int = 0
-    replica_timeout: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.publish_timeout <= 0:
-            raise ConfigurationError(
-                f"publish_timeout must be > 0 seconds, not {self.publish_timeout!r}"
-            )
-        if self.max_batch < 1:
-            raise ConfigurationError(f"max_batch must be >= 1, not {self.max_batch!r}")
-        if self.linger < 0:
-            raise ConfigurationError(
-                f"linger must be >= 0 seconds, not {self.linger!r}"
-            )
-        if self.min_replicas < 0 or self.replica_timeout <= 0:
-            raise ConfigurationError(
-                "min_replicas must be >= 0 and replica_timeout > 0 seconds, not "
-                f"{self.min_replicas!r} and {self.replica_timeout!r}"
-            )
-        if self.max_atomic_batch < 1:
-            raise ConfigurationError(
-                f"max_atomic_batch must be >= 1, not {self.max_atomic_batch!r}"
-            )
+# The statuses publish.lua answers with (besides 0: written now).
+_DUPLICATE = 1  # an earlier attempt of the batch wrote it: its entry ids
+_REFUSED = 2  # Redis refused an earlier attempt of the batch: the error text
+_STALE = 3  # a later batch was recorded: its number; nothing written
 
 
 @dataclasses.dataclass(slots=True)
@@ -138,9 +93,7 @@ class Producer:
         # share an identity: a retry must only ever find its own batches.
         self._writer_key = keys.writer(f"{self.identity}:{secrets.token_hex(6)}")
         self._payload_prefix = keys.payload_prefix
-        self._record_ttl_ms = str(
-            int(max(60.0, 2 * self.options.publish_timeout) * 1000)
-        )
+        self._record_ttl_ms = str(int(self.options.batch_record_ttl * 1000))
         self._sequence = 0
         self._pending: collections.deque[_Item] = collections.deque()
         self._send_lock = asyncio.Lock()
@@ -286,9 +239,10 @@ class Producer:
         """One atomic write of ITEMS, retried on transient errors until the timeout.
 
         The caller holds the send lock, so a producer has one batch in flight and
-        its batch record always describes the batch being retried. When Redis
-        refuses a coalesced (not ATOMIC) batch, its events are sent one by one so
-        that only the refused ones fail.
+        its batch record describes the batch being retried or an older one; as
+        batch numbers only grow, an attempt that arrives after a later batch
+        writes nothing. When Redis refuses a coalesced (not ATOMIC) batch, its
+        events are sent one by one so that only the refused ones fail.
         """
         self._sequence += 1
         sequence = str(self._sequence)
@@ -332,11 +286,11 @@ class Producer:
                     + (self.options.replica_timeout if wait else 0)
                 ):
                     if wait:
-                        (duplicate, raw_ids), replicas = await script.run_and_wait(
+                        (status, detail), replicas = await script.run_and_wait(
                             client, keys, argv, wait, wait_ms
                         )
                     else:
-                        duplicate, raw_ids = await script.run(client, keys, argv)
+                        status, detail = await script.run(client, keys, argv)
                 break
             except (rex.ResponseError, rex.DataError) as exc:
                 if is_transient(exc):
@@ -375,8 +329,23 @@ class Producer:
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, 1.0)
         stream = self._stream
-        ids = [EventId(stream, raw.decode()) for raw in raw_ids]
-        if duplicate and len(ids) != len(items):
+        if status == _REFUSED:  # an earlier attempt's refusal, its answer lost
+            if len(items) > 1 and not atomic:
+                return await self._send_one_by_one(items)
+            raise PublishError(
+                f"Redis refused to append to {stream}: {detail.decode()}"
+            )
+        if status == _STALE:
+            # Not met in normal runs: the answer to a stale attempt goes to a
+            # connection the producer has given up on.
+            raise PublishError(
+                f"batch {sequence} of this producer is older than batch "
+                f"{detail.decode()}, the last one recorded for it on {stream}; "
+                "nothing was written (its events were written by an earlier "
+                "attempt, or their callers were told it failed)"
+            )
+        ids = [EventId(stream, raw.decode()) for raw in detail]
+        if status == _DUPLICATE and len(ids) != len(items):
             raise PublishError(
                 f"a retried batch of {len(items)} event(s) was already written to "
                 f"{self._stream}, but only {len(ids)} of its entries are still there "

@@ -48,6 +48,155 @@ async def test_lost_reply_of_a_coalesced_batch_is_not_duplicated(
     assert [e[0].decode() for e in entries][1:] == [r.id for r in results]
 
 
+async def _payload_keys(bus: backbone.Backbone) -> list[bytes]:
+    pattern = bus.keys(URI).payload_prefix + "*"
+    return [key async for key in bus.redis.scan_iter(match=pattern, count=1000)]
+
+
+@pytest.mark.parametrize("later_batches", [0, 1, 3])
+async def test_late_first_attempt_is_not_written_again(
+    proxy: FlakyProxy,
+    real_bus: backbone.Backbone,
+    environment: str,
+    later_batches: int,
+) -> None:
+    """A first attempt stalls on a half-open connection and times out; its retry
+    goes through on a new connection; LATER_BATCHES more batches are written; then
+    the stalled bytes reach Redis. Each event is in the stream exactly once."""
+    async with backbone.Backbone(
+        proxy.url, environment=environment, command_timeout=0.3
+    ) as bus:
+        producer = shipment_tracking_producer(bus, URI)
+        warm = await producer.packing("warm@example.com", 0, moment())
+        proxy.hold()
+        event_id = await producer.packing("a@example.com", 1, moment())
+        assert proxy.held_bytes > 0  # the first attempt never reached Redis
+        later = [
+            await producer.packing(f"later{i}@example.com", 2 + i, moment())
+            for i in range(later_batches)
+        ]
+        assert proxy.release() == 1
+        await eventually(
+            lambda: proxy.answered == 1, message="Redis to run the late attempt"
+        )
+    entries = await real_bus.redis.xrange(real_bus.keys(URI).stream)
+    written = [warm, event_id, *later]
+    assert [e[0].decode() for e in entries] == [e.id for e in written]
+    assert len(await _payload_keys(real_bus)) == len(written)
+
+
+async def _occupy_payload_key(bus: backbone.Backbone, nth: int = 1) -> bytes:
+    """Make Redis refuse the NTH event from now: fix the stream's next entry ids,
+    then put a string where that entry's payload hash would go. Returns the key."""
+    keys = bus.keys(URI)
+    await bus.redis.xadd(keys.stream, {"o": "seed"}, id="9999999999990-0")
+    await bus.redis.xdel(keys.stream, "9999999999990-0")
+    await bus.redis.set(keys.payload(f"9999999999990-{nth}"), "in the way")
+    return keys.payload(f"9999999999990-{nth}").encode()
+
+
+async def test_late_attempt_of_a_refused_batch_writes_nothing(
+    proxy: FlakyProxy, real_bus: backbone.Backbone, environment: str
+) -> None:
+    """The first attempt stalls; Redis refuses the retry (PublishError: nothing
+    was written); then the stalled attempt arrives. It must not write the batch
+    its caller was told had failed."""
+    occupied = await _occupy_payload_key(real_bus)
+    async with backbone.Backbone(
+        proxy.url, environment=environment, command_timeout=0.3
+    ) as bus:
+        producer = shipment_tracking_producer(bus, URI)
+        await bus.redis.script_load(bus.scripts.publish.source)  # opens the link
+        proxy.hold()
+        with pytest.raises(backbone.PublishError, match="WRONGTYPE"):
+            await producer.packing("a@example.com", 1, moment())
+        assert proxy.release() == 1
+        await eventually(
+            lambda: proxy.answered == 1, message="Redis to run the late attempt"
+        )
+    assert await real_bus.redis.xlen(real_bus.keys(URI).stream) == 0
+    assert await _payload_keys(real_bus) == [occupied]
+
+
+async def test_lost_refusal_is_the_answer_to_the_retry(
+    proxy: FlakyProxy, real_bus: backbone.Backbone, environment: str
+) -> None:
+    """Redis refuses a batch and the refusal is lost: the retry is answered with
+    that refusal and writes nothing, as the first attempt did."""
+    occupied = await _occupy_payload_key(real_bus)
+    async with backbone.Backbone(proxy.url, environment=environment) as bus:
+        producer = shipment_tracking_producer(bus, URI)
+        proxy.drop_reply_containing(b"WRONGTYPE")
+        with pytest.raises(backbone.PublishError, match="WRONGTYPE"):
+            await producer.packing("a@example.com", 1, moment())
+        assert proxy.dropped == 1
+        # The producer goes on with its next batch.
+        event_id = await producer.packing("b@example.com", 2, moment())
+    entries = await real_bus.redis.xrange(real_bus.keys(URI).stream)
+    assert [e[0].decode() for e in entries] == [event_id.id]
+    assert sorted(await _payload_keys(real_bus)) == sorted(
+        [occupied, real_bus.keys(URI).payload(event_id.id).encode()]
+    )
+
+
+async def test_lost_refusal_of_a_coalesced_batch_falls_back_to_single_writes(
+    proxy: FlakyProxy, real_bus: backbone.Backbone, environment: str
+) -> None:
+    """As when the refusal arrives: each event of the refused batch is sent on
+    its own, and every caller gets its own id."""
+    # The first call goes out alone (-1); the five queued behind it share a batch
+    # whose first event lands on -2 and collides.
+    await _occupy_payload_key(real_bus, 2)
+    async with backbone.Backbone(proxy.url, environment=environment) as bus:
+        producer = shipment_tracking_producer(bus, URI)
+        proxy.drop_reply_containing(b"WRONGTYPE")
+        results = await asyncio.gather(
+            *(producer.packing(f"u{i}@example.com", i, moment()) for i in range(6))
+        )
+        assert proxy.dropped == 1
+    entries = await real_bus.redis.xrange(real_bus.keys(URI).stream)
+    assert [e[0].decode() for e in entries] == [r.id for r in results]
+    assert "9999999999990-2" not in [r.id for r in results]
+    assert len(await _payload_keys(real_bus)) == 7  # six events and the blocker
+
+
+async def test_an_attempt_older_than_the_last_batch_is_refused(
+    bus: backbone.Backbone,
+) -> None:
+    """Were the client ever to read the answer to a stale attempt, it raises
+    instead of taking the ids of another batch, and nothing is written."""
+    producer = shipment_tracking_producer(bus, URI)
+    first = await producer.packing("a@example.com", 1, moment())
+    second = await producer.packing("b@example.com", 2, moment())
+    producer.producer._sequence = 0  # the next batch number is 1: older than 2
+    with pytest.raises(backbone.PublishError, match="older than batch 2"):
+        await producer.packing("c@example.com", 3, moment())
+    producer.producer._sequence = 1  # batch 2 again: a retry gets its own ids
+    assert await producer.packing("b@example.com", 2, moment()) == second
+    entries = await bus.redis.xrange(bus.keys(URI).stream)
+    assert [e[0].decode() for e in entries] == [first.id, second.id]
+    assert len(await _payload_keys(bus)) == 2
+
+
+async def test_batch_record_outlives_late_attempts(bus: backbone.Backbone) -> None:
+    producer = shipment_tracking_producer(bus, URI)
+    assert producer.producer.options.batch_record_ttl == 3600
+    record_key = producer.producer._writer_key
+    first = await producer.packing("a@example.com", 1, moment())
+    assert await bus.redis.get(record_key) == f"1 {first.id} {first.id}".encode()
+    ttl = await bus.redis.pttl(record_key)
+    assert 3_590_000 < ttl <= 3_600_000
+    short = backbone.ProducerOptions(batch_record_ttl=120)
+    producer = shipment_tracking_producer(bus, URI, options=short)
+    async with producer.batch() as batch:
+        batch.packing("b@example.com", 2, moment())
+        batch.packing("c@example.com", 3, moment())
+    second, third = batch.event_ids
+    record_key = producer.producer._writer_key
+    assert await bus.redis.get(record_key) == f"1 {second.id} {third.id}".encode()
+    assert 110_000 < await bus.redis.pttl(record_key) <= 120_000
+
+
 async def test_publish_during_outage_times_out_clearly(
     proxy: FlakyProxy, real_bus: backbone.Backbone, environment: str
 ) -> None:
@@ -86,6 +235,10 @@ def test_options_fail_fast() -> None:
         backbone.ProducerOptions(publish_timeout=0)
     with pytest.raises(backbone.ConfigurationError, match="max_batch"):
         backbone.ProducerOptions(max_batch=0)
+    with pytest.raises(backbone.ConfigurationError, match="batch_record_ttl"):
+        backbone.ProducerOptions(batch_record_ttl=30)
+    with pytest.raises(backbone.ConfigurationError, match="twice publish_timeout"):
+        backbone.ProducerOptions(publish_timeout=100, batch_record_ttl=150)
     with pytest.raises(backbone.ConfigurationError, match="Redis URL"):
         backbone.Backbone("http://localhost")
     with pytest.raises(backbone.ConfigurationError, match="environment"):

@@ -2,9 +2,10 @@
 -- hash keyed by the entry id. All of the batch is written, or none of it.
 --
 -- KEYS[1]  stream
--- KEYS[2]  the producer's batch record (dedupe of retried batches)
+-- KEYS[2]  the producer's batch record (dedupe of retried and late attempts)
 -- ARGV[1]  payload key prefix ("<stream>:p:")
--- ARGV[2]  batch sequence number of this producer (the same on every attempt)
+-- ARGV[2]  batch number: the same on every attempt of a batch, higher for
+--          every later batch of the producer instance
 -- ARGV[3]  batch record time to live, milliseconds
 -- ARGV[4]  number of events N
 -- ARGV[5]  number of templates T (one per operation in the batch), then T times:
@@ -16,18 +17,39 @@
 -- Templates keep the per-event arguments to what differs between events, which
 -- is what the client has to pack and Redis has to parse.
 --
--- Returns {duplicate (0|1), {entry id, ...}}.
+-- Returns {status, detail}:
+--   {0, {entry id, ...}}  written now
+--   {1, {entry id, ...}}  an earlier attempt of this batch wrote these entries
+--   {2, error text}       Redis refused an earlier attempt of this batch
+--   {3, batch number}     stale: a later batch of this producer was recorded
+-- and nothing is written unless the status is 0.
 local stream = KEYS[1]
 local n = tonumber(ARGV[4])
+local batch = tonumber(ARGV[2])
 
--- The record names this producer's last batch: "<batch no> <first id> <last id>".
--- Finding this batch's number there means an earlier attempt whose reply was lost
--- wrote it: answer with its entries instead of writing them again. It is checked
--- on every call, since a first attempt that timed out may arrive after its retry.
+-- The record describes this producer's last batch that reached Redis:
+-- "<batch no> <first id> <last id>" when it was written, "<batch no> ! <error>"
+-- when Redis refused it. A producer has one batch in flight and numbers its
+-- batches upwards, so an attempt numbered below the record is stale: its batch
+-- was written already, or its caller was told it failed. An attempt with the
+-- record's number is a retry: answer with what the first attempt did. Checked
+-- on every call, since an attempt that timed out may arrive after its retry, or
+-- after later batches.
 local record = redis.call('GET', KEYS[2])
 if record then
-  local seq, first, last = string.match(record, '^(%S+) (%S+) (%S+)$')
-  if seq == ARGV[2] then
+  local digits, refused = string.match(record, '^(%d+) ! (.*)$')
+  local first, last
+  if not digits then
+    digits, first, last = string.match(record, '^(%d+) (%S+) (%S+)$')
+  end
+  local seq = tonumber(digits)
+  if seq ~= nil and batch < seq then
+    return {3, digits}
+  end
+  if seq == batch then
+    if refused then
+      return {2, refused}
+    end
     local entries = redis.call('XRANGE', stream, first, last)
     local ids = {}
     for i = 1, #entries do ids[i] = entries[i][1] end
@@ -57,7 +79,8 @@ end
 
 local ids = {}
 
--- Undo the first ENTRIES stream entries and the first HASHES payload hashes.
+-- Undo the first ENTRIES stream entries and the first HASHES payload hashes, and
+-- record the refusal, so that a late attempt of this batch writes nothing either.
 local function rollback(entries, hashes_written, err)
   for j = 1, entries do
     redis.call('XDEL', stream, ids[j])
@@ -65,6 +88,7 @@ local function rollback(entries, hashes_written, err)
   for j = 1, hashes_written do
     redis.call('DEL', prefix .. ids[j])
   end
+  redis.pcall('SET', KEYS[2], ARGV[2] .. ' ! ' .. tostring(err), 'PX', ARGV[3])
   return redis.error_reply(err)
 end
 
