@@ -20,6 +20,13 @@ Enums travel as their value, sets and tuples as arrays, models as maps; the
 consumer's annotation turns them back. A field the producer did not write (an
 older producer) takes the parameter's default; fields the consumer does not know
 (a newer producer) are ignored.
+
+Arguments are validated strictly, except that a value of exactly the parameter's
+scalar type (``type(value) is int``, never a subclass such as ``bool``) is
+already valid. Strict validation takes a model instance as it is, and instances
+built with ``model_construct`` or changed after they were built may hold
+anything, so a parameter whose annotation holds a model anywhere is also checked
+the way consumers read it: lax validation of what is stored.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import decimal
 import enum
 import functools
 import struct
+import typing
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -154,6 +162,24 @@ _unpack: Final = functools.partial(
 )
 
 
+def _has_model(annotation: Any) -> bool:
+    """True when ANNOTATION holds a pydantic model anywhere (inside containers,
+    unions, Annotated). Pydantic does not validate a model instance again, so such
+    a value may hold what was never validated (``model_construct``, assignment)."""
+    if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+        return True
+    if typing.get_origin(annotation) is typing.Literal:
+        return False
+    return any(_has_model(arg) for arg in typing.get_args(annotation))
+
+
+_UNVALIDATED_HINT: Final = (
+    "every consumer would refuse it: a model in it was built without validation "
+    "(model_construct) or changed after it was built; build it with Model(...) or "
+    "Model.model_validate(...)"
+)
+
+
 class _Param:
     """Encoder and decoder of one parameter."""
 
@@ -176,12 +202,29 @@ class _Param:
         self.exact: type | None = (
             spec.annotation if spec.annotation in _EXACT_TYPES else None
         )
-        self.encode = self._encoder(packer)
+        self.encode = self._encoder(packer, _has_model(spec.annotation))
 
-    def _encoder(self, packer: msgpack.Packer) -> Callable[[Any], bytes]:
+    def _encoder(self, packer: msgpack.Packer, models: bool) -> Callable[[Any], bytes]:
         pack = packer.pack
         adapter = self.adapter
         exact = self.exact
+
+        if models:
+            validate = adapter.validate_python
+            dump = adapter.dump_python
+
+            def encode_checked(value: Any) -> bytes:
+                # Strict validation takes a model instance as it is: check what is
+                # stored the way the consumer will read it (lax validation; msgpack
+                # only turns tuples and sets into lists and enums into values).
+                data = dump(validate(value, strict=True), mode="python", warnings=False)
+                try:
+                    validate(data)
+                except pydantic.ValidationError as exc:
+                    raise ValueError(f"{_one_line(exc)}; {_UNVALIDATED_HINT}") from exc
+                return pack(data)  # type: ignore[no-any-return]
+
+            return encode_checked
 
         direct = _DIRECT.get(exact) if exact is not None else None
         if exact is not None and direct is not None:
