@@ -157,6 +157,7 @@ async def test_a_claimed_event_at_max_deliveries_gets_its_last_attempt(
     # Two deliveries already made; the claim makes the third and last.
     await bus.redis.xclaim(stream, "g", "ghost", 0, ids, retrycount=2)
     await eventually(lambda: idle_with(bus, "ghost", 30), message="ghosts idle")
+
     class FailsOne(Flaky):
         async def packing(
             self,

@@ -196,7 +196,12 @@ class Reader:
             elif fault is Fault.TRANSIENT:
                 await state.outage.wait(exc)
             else:
-                await state.outage.wait(exc, what="Redis refused the read")
+                # Refused as a whole (the stream key holds another type, say):
+                # the same read fails until someone repairs the data; say so
+                # loudly and keep trying, the loop does not die.
+                await state.outage.wait(
+                    exc, what="Redis refused the read", level=logging.ERROR
+                )
             return _FAILED
         state.outage.over()
         return result

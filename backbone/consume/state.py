@@ -195,13 +195,24 @@ class Outage:
         self.since: float | None = None
         self._delay = 0.05
 
-    async def wait(self, exc: BaseException, *, what: str = "lost Redis") -> None:
+    async def wait(
+        self,
+        exc: BaseException,
+        *,
+        what: str = "lost Redis",
+        level: int = logging.WARNING,
+    ) -> None:
         """Note the failure EXC, then wait before the caller retries (backoff)."""
         if self.since is None:
             self.since = time.monotonic()
             self._delay = 0.05
-            log.warning(
-                "%s: %s (%s: %s); retrying", self.name, what, type(exc).__name__, exc
+            log.log(
+                level,
+                "%s: %s (%s: %s); retrying",
+                self.name,
+                what,
+                type(exc).__name__,
+                exc,
             )
         await asyncio.sleep(self._delay)
         self._delay = min(self._delay * 2, 2.0)
