@@ -65,7 +65,8 @@ for _, entry in ipairs(entries) do
   end
   local values = false
   local names = op and known[op]
-  if names and (not rg or rg == ARGV[1]) then
+  -- An empty re-drive group restricts nothing (no group is named '').
+  if names and (not rg or rg == '' or rg == ARGV[1]) then
     if #names > 0 then
       -- pcall: the key is anyone's to write; an error about it (WRONGTYPE) is
       -- about this entry alone, and is answered as its text.
