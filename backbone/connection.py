@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import importlib.resources
 import logging
 import os
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
@@ -21,6 +19,7 @@ from redis.retry import Retry
 from .errors import ConfigurationError
 from .faults import is_transient
 from .keys import StreamKeys, validate_part
+from .scripts import Scripts
 
 if TYPE_CHECKING:
     from .consume import Subscription
@@ -91,66 +90,6 @@ _PACKING: Final[Mapping[type, type]] = types.MappingProxyType(
         aioredis.UnixDomainSocketConnection: _HiredisUnixConnection,
     }
 )
-
-
-class Script:
-    """A Lua script run by EVALSHA, loaded again after NOSCRIPT (a server restart)."""
-
-    __slots__ = ("name", "sha", "source")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.source = (
-            importlib.resources.files("backbone")
-            .joinpath(f"lua/{name}.lua")
-            .read_text()
-        )
-        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
-
-    async def run(
-        self, client: aioredis.Redis, keys: Sequence[str | bytes], args: Sequence[Any]
-    ) -> Any:
-        try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except rex.NoScriptError:
-            await client.script_load(self.source)
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-
-    async def run_and_wait(
-        self,
-        client: aioredis.Redis,
-        keys: Sequence[str | bytes],
-        args: Sequence[Any],
-        replicas: int,
-        timeout_ms: int,
-    ) -> tuple[Any, int]:
-        """Run the script, then ``WAIT`` on the same connection for REPLICAS to
-        confirm its writes; returns (script result, replicas that confirmed)."""
-        for attempt in (1, 2):
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
-                pipe.execute_command("WAIT", replicas, timeout_ms)
-                result, confirmed = await pipe.execute(raise_on_error=False)
-            if isinstance(result, rex.NoScriptError) and attempt == 1:
-                await client.script_load(self.source)
-                continue
-            if isinstance(result, Exception):
-                raise result
-            return result, int(confirmed)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-
-class Scripts:
-    """The scripts backbone runs, compiled once per connection."""
-
-    __slots__ = ("dead_letter", "group", "publish", "read", "redrive")
-
-    def __init__(self) -> None:
-        self.publish = Script("publish")
-        self.read = Script("read")
-        self.dead_letter = Script("dead_letter")
-        self.redrive = Script("redrive")
-        self.group = Script("group")
 
 
 class _Wakeups:

@@ -257,17 +257,18 @@ class DeadLetters:
             letter = await self.get(dlq_id)
             if letter is None:
                 continue
-            result = await self.backbone.scripts.redrive.run(
+            new_id = await self.backbone.scripts.redrive.redrive(
                 self.backbone.redis,
-                (
-                    self.keys.stream,
-                    self.keys.dead_letters,
-                    self.keys.dead_letter_payload(letter.group, letter.event_id.id),
+                stream=self.keys.stream,
+                dead_letters=self.keys.dead_letters,
+                payload_copy=self.keys.dead_letter_payload(
+                    letter.group, letter.event_id.id
                 ),
-                (dlq_id, self.keys.payload_prefix),
+                dead_letter_id=dlq_id,
+                payload_prefix=self.keys.payload_prefix,
             )
-            if result:
-                new_ids.append(EventId(self.keys.stream, as_text(result)))
+            if new_id is not None:
+                new_ids.append(EventId(self.keys.stream, new_id))
         if new_ids:
             self.backbone.notify_written(self.keys.stream)
         return new_ids

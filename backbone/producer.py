@@ -44,6 +44,7 @@ from .events import (
     current_event,
 )
 from .producer_options import ProducerOptions, default_identity
+from .scripts import PublishStatus
 
 if TYPE_CHECKING:
     from .connection import Backbone
@@ -53,11 +54,6 @@ if TYPE_CHECKING:
 __all__ = ["Batch", "Producer", "ProducerOptions"]
 
 log = logging.getLogger("backbone.producer")
-
-# The statuses publish.lua answers with (besides 0: written now).
-_DUPLICATE = 1  # an earlier attempt of the batch wrote it: its entry ids
-_REFUSED = 2  # Redis refused an earlier attempt of the batch: the error text
-_STALE = 3  # a later batch was recorded: its number; nothing written
 
 
 @dataclasses.dataclass(slots=True)
@@ -285,12 +281,9 @@ class Producer:
                     max(remaining, 0.001)
                     + (self.options.replica_timeout if wait else 0)
                 ):
-                    if wait:
-                        (status, detail), replicas = await script.run_and_wait(
-                            client, keys, argv, wait, wait_ms
-                        )
-                    else:
-                        status, detail = await script.run(client, keys, argv)
+                    reply, replicas = await script.append(
+                        client, keys, argv, replicas=wait, timeout_ms=wait_ms
+                    )
                 break
             except (rex.ResponseError, rex.DataError) as exc:
                 if is_transient(exc):
@@ -329,23 +322,22 @@ class Producer:
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, 1.0)
         stream = self._stream
-        if status == _REFUSED:  # an earlier attempt's refusal, its answer lost
+        status = reply.status
+        if status is PublishStatus.REFUSED:  # an earlier attempt's, answer lost
             if len(items) > 1 and not atomic:
                 return await self._send_one_by_one(items)
-            raise PublishError(
-                f"Redis refused to append to {stream}: {detail.decode()}"
-            )
-        if status == _STALE:
+            raise PublishError(f"Redis refused to append to {stream}: {reply.detail}")
+        if status is PublishStatus.STALE:
             # Not met in normal runs: the answer to a stale attempt goes to a
             # connection the producer has given up on.
             raise PublishError(
                 f"batch {sequence} of this producer is older than batch "
-                f"{detail.decode()}, the last one recorded for it on {stream}; "
+                f"{reply.detail}, the last one recorded for it on {stream}; "
                 "nothing was written (its events were written by an earlier "
                 "attempt, or their callers were told it failed)"
             )
-        ids = [EventId(stream, raw.decode()) for raw in detail]
-        if status == _DUPLICATE and len(ids) != len(items):
+        ids = [EventId(stream, raw) for raw in reply.ids]
+        if status is PublishStatus.DUPLICATE and len(ids) != len(items):
             raise PublishError(
                 f"a retried batch of {len(items)} event(s) was already written to "
                 f"{self._stream}, but only {len(ids)} of its entries are still there "

@@ -9,7 +9,7 @@ event another member acknowledged meanwhile is not dead-lettered.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..deadletters import DeadLetter, DeadLetterReason
 from ..events import EventId
@@ -53,24 +53,23 @@ class DeadLetterStep:
             deliveries=d.delivery_count,
             metadata=d.fields,
         )
-        keys = (
-            state.stream,
-            state.keys.dead_letters,
-            state.keys.payload(d.entry_id),
-            state.keys.dead_letter_payload(state.group, d.entry_id),
-        )
-        argv: list[Any] = [
-            state.group,
-            d.entry_id,
-            "0" if state.noack else "1",
-            *letter.to_fields(d.fields),
-        ]
+        fields = letter.to_fields(d.fields)
         attempt = 0
         while True:
             attempt += 1
             try:
-                written = await state.backbone.scripts.dead_letter.run(
-                    state.redis, keys, argv
+                written = await state.backbone.scripts.dead_letter.move(
+                    state.redis,
+                    stream=state.stream,
+                    dead_letters=state.keys.dead_letters,
+                    payload=state.keys.payload(d.entry_id),
+                    payload_copy=state.keys.dead_letter_payload(
+                        state.group, d.entry_id
+                    ),
+                    group=state.group,
+                    entry_id=d.entry_id,
+                    only_if_pending=not state.noack,
+                    fields=fields,
                 )
                 break
             except Exception as exc:

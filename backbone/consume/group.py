@@ -75,21 +75,16 @@ class Group:
         if not self.ready:
             await self.ensure()
             return
-        fields = self.last_fields
-        created, position = await state.backbone.scripts.group.run(
+        created, position = await state.backbone.scripts.group.recreate(
             state.redis,
-            (state.stream,),
-            (
-                state.group,
-                self.last_id,
-                "0" if fields is None else "1",
-                *(fields or ()),
-            ),
+            stream=state.stream,
+            group=state.group,
+            last_id=self.last_id,
+            last_fields=self.last_fields,
         )
         if not created:
             return  # another member recreated it first
         state.stats.groups_recreated += 1
-        position = as_text(position)
         if position == self.last_id:
             log.warning(
                 "%s: the consumer group was gone (NOGROUP); created it again after "

@@ -1,0 +1,231 @@
+"""The Lua scripts backbone runs, each behind one typed wrapper that owns its
+arguments and its reply (the scripts' own headers document the wire format):
+
+* ``publish.lua`` appends a batch, entries and payload hashes:
+  :class:`PublishScript`;
+* ``read.lua`` acks and reads new entries with their payloads: its reply becomes
+  the consumer's deliveries, so its wrapper lives with the reader
+  (``backbone.consume.reader.ReadScript``);
+* ``dead_letter.lua`` moves one event to the dead-letter stream:
+  :class:`DeadLetterScript`;
+* ``redrive.lua`` appends a dead letter's event again: :class:`RedriveScript`;
+* ``group.lua`` recreates a vanished consumer group: :class:`GroupScript`.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import importlib.resources
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import redis.exceptions as rex
+
+from .events import as_text
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+__all__ = [
+    "DeadLetterScript",
+    "GroupScript",
+    "PublishReply",
+    "PublishScript",
+    "PublishStatus",
+    "RedriveScript",
+    "Script",
+    "Scripts",
+]
+
+
+class Script:
+    """A Lua script run by EVALSHA, loaded again after NOSCRIPT (a server restart)."""
+
+    __slots__ = ("name", "sha", "source")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.source = (
+            importlib.resources.files("backbone")
+            .joinpath(f"lua/{name}.lua")
+            .read_text()
+        )
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+    async def run(
+        self, client: aioredis.Redis, keys: Sequence[str | bytes], args: Sequence[Any]
+    ) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except rex.NoScriptError:
+            await client.script_load(self.source)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+
+    async def run_and_wait(
+        self,
+        client: aioredis.Redis,
+        keys: Sequence[str | bytes],
+        args: Sequence[Any],
+        replicas: int,
+        timeout_ms: int,
+    ) -> tuple[Any, int]:
+        """Run the script, then ``WAIT`` on the same connection for REPLICAS to
+        confirm its writes; returns (script result, replicas that confirmed)."""
+        for attempt in (1, 2):
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+                pipe.execute_command("WAIT", replicas, timeout_ms)
+                result, confirmed = await pipe.execute(raise_on_error=False)
+            if isinstance(result, rex.NoScriptError) and attempt == 1:
+                await client.script_load(self.source)
+                continue
+            if isinstance(result, Exception):
+                raise result
+            return result, int(confirmed)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class PublishStatus(enum.IntEnum):
+    """What publish.lua did with an attempt of a batch."""
+
+    WRITTEN = 0
+    """Written now."""
+    DUPLICATE = 1
+    """An earlier attempt of this batch wrote it: ``ids`` are its entries."""
+    REFUSED = 2
+    """Redis refused an earlier attempt of this batch: ``detail`` is the error."""
+    STALE = 3
+    """A later batch of the producer was recorded (``detail``): nothing written."""
+
+
+class PublishReply(NamedTuple):
+    status: PublishStatus
+    ids: list[str]
+    detail: str
+
+
+class PublishScript(Script):
+    """``publish.lua``. The producer builds the batch's arguments (templates and
+    values, see the script's header); this wrapper runs it and reads the reply."""
+
+    __slots__ = ()
+
+    async def append(
+        self,
+        client: aioredis.Redis,
+        keys: tuple[str, str],
+        argv: Sequence[bytes | str | int],
+        *,
+        replicas: int = 0,
+        timeout_ms: int = 0,
+    ) -> tuple[PublishReply, int]:
+        """Run one attempt; with REPLICAS, also ``WAIT`` for them. Returns the
+        reply and the number of replicas that confirmed (0 without REPLICAS)."""
+        if replicas:
+            raw, confirmed = await self.run_and_wait(
+                client, keys, argv, replicas, timeout_ms
+            )
+        else:
+            raw, confirmed = await self.run(client, keys, argv), 0
+        status, detail = raw
+        kind = PublishStatus(int(status))
+        if kind in (PublishStatus.WRITTEN, PublishStatus.DUPLICATE):
+            return PublishReply(kind, [as_text(x) for x in detail], ""), confirmed
+        return PublishReply(kind, [], as_text(detail)), confirmed
+
+
+class DeadLetterScript(Script):
+    """``dead_letter.lua``: append a dead letter, copy the payload key beside it,
+    ack the event, in one step."""
+
+    __slots__ = ()
+
+    async def move(
+        self,
+        client: aioredis.Redis,
+        *,
+        stream: str,
+        dead_letters: str,
+        payload: str,
+        payload_copy: str,
+        group: str,
+        entry_id: str,
+        only_if_pending: bool,
+        fields: Sequence[bytes | str],
+    ) -> str | None:
+        """The dead letter's id, or None when the event was no longer pending
+        (acked by another member meanwhile): then nothing was written."""
+        written = await self.run(
+            client,
+            (stream, dead_letters, payload, payload_copy),
+            (group, entry_id, "1" if only_if_pending else "0", *fields),
+        )
+        return None if written is None else as_text(written)
+
+
+class RedriveScript(Script):
+    """``redrive.lua``: append a dead letter's event again, for its group only,
+    with its payload; remove the dead letter."""
+
+    __slots__ = ()
+
+    async def redrive(
+        self,
+        client: aioredis.Redis,
+        *,
+        stream: str,
+        dead_letters: str,
+        payload_copy: str,
+        dead_letter_id: str,
+        payload_prefix: str,
+    ) -> str | None:
+        """The new entry's id, or None when the dead letter does not exist."""
+        result = await self.run(
+            client,
+            (stream, dead_letters, payload_copy),
+            (dead_letter_id, payload_prefix),
+        )
+        return as_text(result) if result else None
+
+
+class GroupScript(Script):
+    """``group.lua``: recreate a vanished group where it cannot skip events."""
+
+    __slots__ = ()
+
+    async def recreate(
+        self,
+        client: aioredis.Redis,
+        *,
+        stream: str,
+        group: str,
+        last_id: str,
+        last_fields: Sequence[bytes | str] | None,
+    ) -> tuple[bool, str]:
+        """(whether this call created the group, the id it starts after). With
+        LAST_FIELDS None (unknown), the group starts at the beginning."""
+        created, position = await self.run(
+            client,
+            (stream,),
+            (
+                group,
+                last_id,
+                "0" if last_fields is None else "1",
+                *(last_fields or ()),
+            ),
+        )
+        return bool(created), as_text(position)
+
+
+class Scripts:
+    """The scripts backbone runs, compiled once per connection."""
+
+    __slots__ = ("dead_letter", "group", "publish", "read", "redrive")
+
+    def __init__(self) -> None:
+        self.publish = PublishScript("publish")
+        self.read = Script("read")
+        self.dead_letter = DeadLetterScript("dead_letter")
+        self.redrive = RedriveScript("redrive")
+        self.group = GroupScript("group")
