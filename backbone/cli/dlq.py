@@ -1,153 +1,22 @@
-"""The ``backbone`` command: codegen, demo and dead-letter tools.
-
-This module is the composition root: it is the one place in the package that
-reaches the code generator (lazily, inside the ``codegen`` command); the runtime
-modules never import it.
-"""
+"""``backbone dlq``: list, show, re-drive and purge dead letters."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime as dt
 import json
-import logging
 import sys
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from collections.abc import Awaitable
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from .connection import ENV_URL, Backbone
-from .deadletters import DeadLetter, DeadLetters
-from .errors import BackboneError, ContractError
+from ..connection import Backbone
+from ..deadletters import DeadLetter, DeadLetters
+from .common import Environment, RedisUrl, Uri, console, errors, run
 
-T = TypeVar("T")
-
-app = typer.Typer(
-    name="backbone",
-    help="Typed event contracts on Redis Streams and hashes.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
 dlq_app = typer.Typer(help="Inspect and re-drive dead letters.", no_args_is_help=True)
-app.add_typer(dlq_app, name="dlq")
-
-console = Console()
-errors = Console(stderr=True)
-
-RedisUrl = Annotated[
-    str,
-    typer.Option(
-        "--redis-url",
-        envvar=ENV_URL,
-        help="Redis URL (redis://host:port/db).",
-        show_default=True,
-    ),
-]
-Environment = Annotated[
-    str, typer.Option("--environment", "-e", help="Environment part of stream keys.")
-]
-Uri = Annotated[
-    str, typer.Option("--uri", "-u", help="Stream URI, e.g. hello.event-sourcing.")
-]
-
-
-def _run(factory: Callable[[], Awaitable[T]]) -> T:
-    try:
-        return asyncio.run(factory())  # type: ignore[arg-type]
-    except BackboneError as exc:
-        errors.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
-
-
-@app.command()
-def codegen(
-    paths: Annotated[
-        list[Path],
-        typer.Argument(help="Contract modules or packages to generate from."),
-    ],
-    check: Annotated[
-        bool,
-        typer.Option(
-            "--check", help="Write nothing; exit 1 when generated code is stale."
-        ),
-    ] = False,
-) -> None:
-    """Generate typed producers, consumers and dispatchers from contracts."""
-    from codegen import CodegenError, generate
-
-    try:
-        outcome = generate(paths, check=check)
-    except (ContractError, CodegenError) as exc:
-        errors.print(f"error: {exc}", markup=False, highlight=False)
-        raise typer.Exit(1) from exc
-    if check:
-        for path in outcome.stale:
-            errors.print(
-                f"stale: {path} (run: backbone codegen {' '.join(map(str, paths))})",
-                markup=False,
-            )
-        for path in outcome.orphaned:
-            errors.print(
-                f"orphaned: {path} (its contract module is gone; delete it)",
-                markup=False,
-            )
-        if not outcome.ok_for_check:
-            raise typer.Exit(1)
-        console.print(
-            f"up to date: {len(outcome.unchanged)} generated module(s)", highlight=False
-        )
-        return
-    for path in outcome.written:
-        console.print(f"wrote {path}", highlight=False)
-    for path in outcome.orphaned:
-        console.print(f"deleted orphaned {path}", highlight=False)
-    console.print(
-        f"{len(outcome.written)} written, {len(outcome.unchanged)} unchanged",
-        highlight=False,
-    )
-
-
-@app.command()
-def demo(
-    redis_url: Annotated[
-        str | None,
-        typer.Option(
-            "--redis-url",
-            envvar=ENV_URL,
-            help="Run on this Redis instead of the embedded in-process one.",
-        ),
-    ] = None,
-    orders: Annotated[
-        int, typer.Option(min=1, max=100_000, help="Orders to place.")
-    ] = 3,
-    environment: Environment = "demo",
-    timeout: Annotated[
-        float, typer.Option(help="Seconds to wait for every order.")
-    ] = 30.0,
-) -> None:
-    """Run the shipment-tracking flow: producer, transit, consumer and reporter."""
-    from samples.demo import run_demo
-
-    logging.basicConfig(
-        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
-    ok = _run(
-        lambda: run_demo(
-            redis_url or "memory://",
-            orders=orders,
-            environment=environment,
-            timeout=timeout,
-            out=console,
-        )
-    )
-    if not ok:
-        raise typer.Exit(1)
 
 
 def _letters_table(letters: list[DeadLetter]) -> Table:
@@ -191,7 +60,7 @@ def dlq_list(
             letters = DeadLetters(bus, uri)
             return await letters.count(), await letters.list(group=group, limit=limit)
 
-    total, found = _run(go)
+    total, found = run(go)
     if as_json:
         for letter in found:
             sys.stdout.write(
@@ -258,7 +127,7 @@ def dlq_show(
                 return None
             return letter, await letters.payload(letter)
 
-    found = _run(go)
+    found = run(go)
     if found is None:
         errors.print(f"no dead letter {dead_letter_id} in stream {uri!r}")
         raise typer.Exit(1)
@@ -301,7 +170,7 @@ def dlq_retry(
             chosen = await _resolve_ids(letters, ids, everything, group)
             return len(await letters.retry(chosen))
 
-    console.print(f"re-driven: {_run(go)}", highlight=False)
+    console.print(f"re-driven: {run(go)}", highlight=False)
 
 
 @dlq_app.command("purge")
@@ -331,12 +200,4 @@ def dlq_purge(
             chosen = await _resolve_ids(letters, ids, everything, group)
             return await letters.purge(chosen)
 
-    console.print(f"purged: {_run(go)}", highlight=False)
-
-
-def main() -> None:
-    """Console-script entry point."""
-    try:
-        app()
-    except KeyboardInterrupt:
-        sys.exit(130)
+    console.print(f"purged: {run(go)}", highlight=False)
