@@ -98,36 +98,55 @@ def _accepts_context(method: Callable[..., Any]) -> bool:
 class Dispatcher(Generic[H]):
     """Maps operation names to handler calls for one contract and one handler.
 
-    Generated dispatchers subclass it and implement :meth:`routes`.
+    Generated dispatchers subclass it and implement :meth:`routes`. Every method
+    is checked when the dispatcher is built (at subscribe time): it must be
+    ``async def`` and take the operation's arguments. With ``partial=True`` the
+    handler may implement only some operations; events of the others are
+    acknowledged and skipped (counted in ``SubscriptionStats.unimplemented``).
     """
 
     contract: CompiledContract
 
-    def __init__(self, handler: H) -> None:
+    def __init__(self, handler: H, *, partial: bool = False) -> None:
         self.handler = handler
+        self.partial = partial
         spec = self.contract.spec
         lacking = [
             op.method
             for op in spec.operations
             if not callable(getattr(handler, op.method, None))
         ]
-        if lacking:
+        if lacking and not partial:
             raise ContractError(
                 f"handler {type(handler).__qualname__} lacks "
                 f"{', '.join(lacking)} of contract {spec.name}; implement every "
-                f"operation (async def {lacking[0]}(...) -> None), even as a no-op"
+                f"operation (async def {lacking[0]}(...) -> None), or subscribe with "
+                "partial=True to handle only some (the others are acknowledged and "
+                "skipped)"
             )
-        self._routes = dict(self.routes(handler))
-        missing = [
-            op.name
-            for op in self.contract.spec.operations
-            if op.name not in self._routes
-        ]
-        if missing:
+        if lacking and len(lacking) == len(spec.operations):
             raise ContractError(
-                f"dispatcher {type(self).__qualname__} has no route for "
-                f"{', '.join(missing)}; run `backbone codegen` again"
+                f"handler {type(handler).__qualname__} implements no operation of "
+                f"contract {spec.name} ({', '.join(lacking)})"
             )
+        if partial:
+            self._routes = {
+                op.name: route(
+                    self.contract.codecs[op.name], getattr(handler, op.method)
+                )
+                for op in spec.operations
+                if op.method not in lacking
+            }
+        else:
+            self._routes = dict(self.routes(handler))
+            missing = [op.name for op in spec.operations if op.name not in self._routes]
+            if missing:
+                raise ContractError(
+                    f"dispatcher {type(self).__qualname__} has no route for "
+                    f"{', '.join(missing)}; run `backbone codegen` again"
+                )
+        for found in self._routes.values():
+            check_signature(found)
 
     def routes(self, handler: H) -> Mapping[str, Route]:
         raise NotImplementedError
@@ -137,5 +156,31 @@ class Dispatcher(Generic[H]):
         return self.contract.spec.name
 
     def get(self, operation: str) -> Route | None:
-        """The route of OPERATION, or None for an operation this contract lacks."""
+        """The route of OPERATION, or None when the handler does not implement it
+        (or the contract lacks it)."""
         return self._routes.get(operation)
+
+    def implements(self, operation: str) -> bool:
+        return operation in self._routes
+
+
+def check_signature(found: Route) -> None:
+    """Refuse a handler method that cannot take its operation's arguments (found
+    now, not when the first event fails with a TypeError)."""
+    op = found.codec.operation
+    try:
+        signature = inspect.signature(found.method)
+    except (TypeError, ValueError):
+        return  # a callable without a signature: it can only be tried
+    arguments = [object()] * len(op.params)
+    keywords = {"context": object()} if found.takes_context else {}
+    try:
+        signature.bind(*arguments, **keywords)
+    except TypeError as exc:
+        expected = ", ".join(p.name for p in op.params)
+        raise ContractError(
+            f"handler method {found.handler_name}{signature} cannot take the "
+            f"arguments of {op.qualified_name}({expected}): {exc}; declare it as "
+            f"`async def {op.method}(self, {expected}) -> None` (optionally with "
+            "`*, context: backbone.EventContext = backbone.NO_CONTEXT`)"
+        ) from None

@@ -120,6 +120,9 @@ def render_module(module: str, contracts: Iterable[ContractSpec]) -> str:
     imports.module("backbone")
     mapping = imports.name("collections.abc", "Mapping")
     protocol = imports.name("typing", "Protocol")
+    typing = {
+        name: imports.name("typing", name) for name in ("Literal", "cast", "overload")
+    }
     rendered = [_Contract(spec, imports) for spec in specs]
 
     body: list[str] = []
@@ -134,7 +137,7 @@ def render_module(module: str, contracts: Iterable[ContractSpec]) -> str:
             f"{c.snake}_producer",
             f"subscribe_{c.snake}",
         ]
-        body += _render_contract(c, mapping, protocol)
+        body += _render_contract(c, mapping, protocol, typing)
 
     lines = [HEADER, f"# Source: {module}"]
     lines += _docstring(
@@ -150,7 +153,9 @@ def render_module(module: str, contracts: Iterable[ContractSpec]) -> str:
     return text
 
 
-def _render_contract(c: _Contract, mapping: str, protocol: str) -> list[str]:
+def _render_contract(
+    c: _Contract, mapping: str, protocol: str, typing: dict[str, str]
+) -> list[str]:
     spec = c.spec
     out: list[str] = ["", ""]
     out += _call(
@@ -265,30 +270,57 @@ def _render_contract(c: _Contract, mapping: str, protocol: str) -> list[str]:
         [f"connection.producer(uri, {c.const}.spec, options)"],
     )
     out += ["", ""]
-    out += _signature(
-        "",
-        f"def subscribe_{c.snake}",
-        [
-            "connection: backbone.Backbone",
-            "uri: str",
-            f"handler: {c.cls}Consumer",
-            "*",
-            "group: str",
-            "consumer: str | None = None",
-            "start: backbone.StartFrom | backbone.EventId | str | None = None",
-            "options: backbone.SubscriptionOptions | None = None",
-        ],
-        " -> backbone.Subscription:",
+    common = [
+        "connection: backbone.Backbone",
+        "uri: str",
+        "HANDLER",
+        "*",
+        "group: str",
+        "consumer: str | None = None",
+        "start: backbone.StartFrom | backbone.EventId | str | None = None",
+        "options: backbone.SubscriptionOptions | None = None",
+    ]
+
+    def subscribe(handler: str, partial: str, suffix: str) -> list[str]:
+        params = [handler if p == "HANDLER" else p for p in common] + [partial]
+        return _signature("", f"def subscribe_{c.snake}", params, suffix)
+
+    out += [f"@{typing['overload']}"]
+    out += subscribe(
+        f"handler: {c.cls}Consumer",
+        f"partial: {typing['Literal']}[False] = False",
+        " -> backbone.Subscription: ...",
+    )
+    out += ["", ""]
+    out += [f"@{typing['overload']}"]
+    out += subscribe(
+        "handler: object",
+        f"partial: {typing['Literal']}[True]",
+        " -> backbone.Subscription: ...",
+    )
+    out += ["", ""]
+    out += subscribe(
+        "handler: object", "partial: bool = False", " -> backbone.Subscription:"
     )
     out += _docstring(
         f"Subscribe HANDLER to {spec.name} events on stream URI as CONSUMER of GROUP; "
-        "``await`` the result, or use it in ``async with``.",
+        "``await`` the result, or use it in ``async with``. With ``partial=True`` "
+        "HANDLER may implement only some operations: events of the others are "
+        "acknowledged and skipped.",
         "    ",
     )
     out += [
         "    return connection.subscribe(",
         "        uri,",
-        f"        {c.cls}Dispatcher(handler),",
+        *_call(
+            "        ",
+            f"{c.cls}Dispatcher",
+            [
+                f"{typing['cast']}({c.cls}Consumer, handler)",
+                "partial=partial",
+            ],
+            ",",
+        ),
         "        group=group,",
         "        consumer=consumer,",
         "        start=start,",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Protocol
+from typing import Literal, Protocol, cast, overload
 
 import backbone
 from contracts.shipment_tracking import Product, ShipmentTracking, User
@@ -170,6 +170,7 @@ def shipment_tracking_producer(
     )
 
 
+@overload
 def subscribe_shipment_tracking(
     connection: backbone.Backbone,
     uri: str,
@@ -179,13 +180,46 @@ def subscribe_shipment_tracking(
     consumer: str | None = None,
     start: backbone.StartFrom | backbone.EventId | str | None = None,
     options: backbone.SubscriptionOptions | None = None,
+    partial: Literal[False] = False,
+) -> backbone.Subscription: ...
+
+
+@overload
+def subscribe_shipment_tracking(
+    connection: backbone.Backbone,
+    uri: str,
+    handler: object,
+    *,
+    group: str,
+    consumer: str | None = None,
+    start: backbone.StartFrom | backbone.EventId | str | None = None,
+    options: backbone.SubscriptionOptions | None = None,
+    partial: Literal[True],
+) -> backbone.Subscription: ...
+
+
+def subscribe_shipment_tracking(
+    connection: backbone.Backbone,
+    uri: str,
+    handler: object,
+    *,
+    group: str,
+    consumer: str | None = None,
+    start: backbone.StartFrom | backbone.EventId | str | None = None,
+    options: backbone.SubscriptionOptions | None = None,
+    partial: bool = False,
 ) -> backbone.Subscription:
     """Subscribe HANDLER to ShipmentTracking events on stream URI as CONSUMER of
-    GROUP; ``await`` the result, or use it in ``async with``.
+    GROUP; ``await`` the result, or use it in ``async with``. With
+    ``partial=True`` HANDLER may implement only some operations: events of the
+    others are acknowledged and skipped.
     """
     return connection.subscribe(
         uri,
-        ShipmentTrackingDispatcher(handler),
+        ShipmentTrackingDispatcher(
+            cast(ShipmentTrackingConsumer, handler),
+            partial=partial,
+        ),
         group=group,
         consumer=consumer,
         start=start,

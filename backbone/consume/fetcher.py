@@ -35,9 +35,11 @@ class Fetcher:
         self.state = state
         self.group = group
         self._group_bytes = state.group.encode()
+        dispatcher = state.dispatcher
         self._fields = {
             name.encode(): codec.field_names
-            for name, codec in state.dispatcher.contract.codecs.items()
+            for name, codec in dispatcher.contract.codecs.items()
+            if dispatcher.implements(name)
         }
 
     def mine(self, d: Delivery) -> bool:

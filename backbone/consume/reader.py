@@ -44,8 +44,15 @@ class ReadScript:
 
     def __init__(self, state: SubscriptionState) -> None:
         self.state = state
-        known: list[bytes | str | int] = [len(state.dispatcher.contract.codecs)]
-        for name, codec in state.dispatcher.contract.codecs.items():
+        # Payloads only of the operations the handler implements.
+        dispatcher = state.dispatcher
+        handled = {
+            name: codec
+            for name, codec in dispatcher.contract.codecs.items()
+            if dispatcher.implements(name)
+        }
+        known: list[bytes | str | int] = [len(handled)]
+        for name, codec in handled.items():
             known += [name, len(codec.field_names), *codec.field_names]
         self._head = (
             state.group,

@@ -45,6 +45,7 @@ class SubscriptionStats:
     retried: int = 0
     dead_lettered: int = 0
     skipped: int = 0
+    unimplemented: int = 0
     duplicates_skipped: int = 0
     acked: int = 0
     claimed: int = 0

@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import socket
+import weakref
 from collections.abc import Generator, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -51,6 +52,54 @@ if TYPE_CHECKING:
 __all__ = ["Subscription", "default_consumer_name"]
 
 log = logging.getLogger("backbone.consumer")
+
+
+class SignalStops:
+    """The signal handling of one event loop: a signal stops every subscription
+    that asked for it. ``loop.add_signal_handler`` keeps one handler per signal,
+    so each subscription installing its own would leave all but the last one
+    running (and the process hanging) on SIGTERM."""
+
+    _loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, SignalStops] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.subscriptions: dict[signal.Signals, weakref.WeakSet[Subscription]] = {}
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> SignalStops:
+        found = cls._loops.get(loop)
+        if found is None:
+            found = cls._loops[loop] = cls(loop)
+        return found
+
+    def add(
+        self, subscription: Subscription, signals: Iterable[signal.Signals]
+    ) -> None:
+        for sig in signals:
+            members = self.subscriptions.get(sig)
+            if members is None:
+                members = self.subscriptions[sig] = weakref.WeakSet()
+                self.loop.add_signal_handler(sig, self._received, sig)
+            members.add(subscription)
+
+    def _received(self, sig: signal.Signals) -> None:
+        for subscription in list(self.subscriptions.get(sig, ())):
+            subscription.on_signal(sig)
+
+    @classmethod
+    def forget(cls, subscription: Subscription) -> None:
+        """SUBSCRIPTION has stopped: drop it; a signal nobody waits for any more
+        gets its default behaviour back."""
+        for stops in list(cls._loops.values()):
+            for sig, members in list(stops.subscriptions.items()):
+                members.discard(subscription)
+                if not members:
+                    del stops.subscriptions[sig]
+                    with contextlib.suppress(Exception):
+                        stops.loop.remove_signal_handler(sig)
 
 
 def default_consumer_name() -> str:
@@ -144,10 +193,14 @@ class Subscription:
 
     @property
     def completion(self) -> asyncio.Future[None]:
-        """Done when the subscription has stopped (raises if it failed)."""
+        """Done when the subscription has stopped (raises if it failed).
+
+        Cancelling a wait on it (``asyncio.wait_for(sub.completion, 1)``, Ctrl-C)
+        cancels that wait only, never the subscription's own outcome.
+        """
         if self._completion is None:
             raise RuntimeError(f"{self} was not started; await its start() first")
-        return self._completion
+        return asyncio.shield(self._completion)
 
     @property
     def running(self) -> bool:
@@ -173,12 +226,11 @@ class Subscription:
     def stop_on_signals(
         self, signals: Iterable[signal.Signals] = (signal.SIGTERM, signal.SIGINT)
     ) -> None:
-        """Stop gracefully when the process receives one of SIGNALS."""
-        loop = asyncio.get_running_loop()
-        for sig in signals:
-            loop.add_signal_handler(sig, self._on_signal, sig)
+        """Stop gracefully when the process receives one of SIGNALS. Every
+        subscription of the event loop that asked for a signal stops on it."""
+        SignalStops.of(asyncio.get_running_loop()).add(self, signals)
 
-    def _on_signal(self, sig: signal.Signals) -> None:
+    def on_signal(self, sig: signal.Signals) -> None:
         log.info("%s: %s received, stopping", self, sig.name)
         self._request_stop()
 
@@ -244,6 +296,7 @@ class Subscription:
             self._completion.set_exception(failure)
         else:
             self._completion.set_result(None)
+        SignalStops.forget(self)
 
     async def _shutdown(
         self,

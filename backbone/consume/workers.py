@@ -7,6 +7,7 @@ each delivery a worker decides, before any handler runs:
 * re-driven for another group: ack, skip;
 * no operation field: dead-letter ``malformed-entry``;
 * operation unknown to the contract: dead-letter, or skip when asked to;
+* operation the (partial) handler does not implement: ack, count;
 * delivered more than ``max_deliveries`` times (its consumers died handling it):
   dead-letter ``too-many-deliveries`` without calling the handler;
 * already handled (idempotency mark): ack;
@@ -130,6 +131,11 @@ class Workers:
             operation, route = op_name.decode(errors="replace"), None
         else:
             operation, route = known
+            if route is None:
+                # The contract has it; this (partial) handler does not handle it.
+                state.stats.unimplemented += 1
+                self._ack(d)
+                return
         if route is None:
             if state.options.unknown_operation is UnknownOperation.SKIP:
                 state.stats.skipped += 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast, overload
 from uuid import UUID
 
 import backbone
@@ -326,6 +326,7 @@ def all_types_producer(
     return AllTypesProducer(connection.producer(uri, ALL_TYPES.spec, options))
 
 
+@overload
 def subscribe_all_types(
     connection: backbone.Backbone,
     uri: str,
@@ -335,13 +336,43 @@ def subscribe_all_types(
     consumer: str | None = None,
     start: backbone.StartFrom | backbone.EventId | str | None = None,
     options: backbone.SubscriptionOptions | None = None,
+    partial: Literal[False] = False,
+) -> backbone.Subscription: ...
+
+
+@overload
+def subscribe_all_types(
+    connection: backbone.Backbone,
+    uri: str,
+    handler: object,
+    *,
+    group: str,
+    consumer: str | None = None,
+    start: backbone.StartFrom | backbone.EventId | str | None = None,
+    options: backbone.SubscriptionOptions | None = None,
+    partial: Literal[True],
+) -> backbone.Subscription: ...
+
+
+def subscribe_all_types(
+    connection: backbone.Backbone,
+    uri: str,
+    handler: object,
+    *,
+    group: str,
+    consumer: str | None = None,
+    start: backbone.StartFrom | backbone.EventId | str | None = None,
+    options: backbone.SubscriptionOptions | None = None,
+    partial: bool = False,
 ) -> backbone.Subscription:
     """Subscribe HANDLER to AllTypes events on stream URI as CONSUMER of GROUP;
-    ``await`` the result, or use it in ``async with``.
+    ``await`` the result, or use it in ``async with``. With ``partial=True``
+    HANDLER may implement only some operations: events of the others are
+    acknowledged and skipped.
     """
     return connection.subscribe(
         uri,
-        AllTypesDispatcher(handler),
+        AllTypesDispatcher(cast(AllTypesConsumer, handler), partial=partial),
         group=group,
         consumer=consumer,
         start=start,

@@ -1,0 +1,185 @@
+"""Subscriptions in a service: several in one process stop on one signal, a
+cancelled wait on completion leaves the subscription alone, and handlers are
+checked against their contract when subscribing, not when the first event
+fails."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import backbone
+from conftest import eventually
+from contracts.shipment_tracking_gen import (
+    shipment_tracking_producer,
+    subscribe_shipment_tracking,
+)
+from helpers import Flaky, moment, product, user
+
+ROOT = Path(__file__).resolve().parent.parent
+URI = "lifecycle"
+BEGINNING = backbone.StartFrom.BEGINNING
+
+SERVICE = textwrap.dedent(
+    """
+    import asyncio, sys
+    import backbone
+    from contracts.shipment_tracking_gen import subscribe_shipment_tracking
+    sys.path.insert(0, "tests")
+    from helpers import Recorder
+
+    async def main(url, environment):
+        async with backbone.Backbone(url, environment=environment) as bus:
+            subs = [
+                await subscribe_shipment_tracking(
+                    bus, "lifecycle", Recorder(), group=group,
+                    options=backbone.SubscriptionOptions(block=0.5),
+                )
+                for group in ("one", "two")
+            ]
+            for sub in subs:
+                sub.stop_on_signals()
+            print("ready", flush=True)
+            await asyncio.gather(*(sub.completion for sub in subs))
+            print("stopped", [sub.running for sub in subs], flush=True)
+
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    """
+)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_one_signal_stops_every_subscription_of_a_process(
+    url: str, environment: str, sig: signal.Signals
+) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-c", SERVICE, url, environment],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "BACKBONE_REDIS_URL"},
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+        process.send_signal(sig)
+        out, err = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, err
+    assert "stopped [False, False]" in out
+
+
+async def test_a_cancelled_wait_on_completion_leaves_the_subscription_running(
+    bus: backbone.Backbone, caplog: pytest.LogCaptureFixture
+) -> None:
+    handler = Flaky()
+    sub = await subscribe_shipment_tracking(
+        bus, URI, handler, group="g", start=BEGINNING
+    )
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(sub.completion, 0.05)
+    sub.completion.cancel()  # what a cancelled `await sub.completion` does
+    assert sub.running
+    producer = shipment_tracking_producer(bus, URI)
+    await producer.packing("a@example.com", 1, moment())
+    await eventually(lambda: handler.count() == 1, message="still handling")
+    with caplog.at_level(logging.ERROR, logger="backbone"):
+        await sub.stop()
+    assert sub.completion.done()
+    assert sub.completion.exception() is None
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# --- handlers checked at subscribe time ---------------------------------------------
+
+
+class WrongArity:
+    async def order_placed(self, user: object, product: object) -> None: ...
+    async def packing(self, email: str, product_id: int, time: dt.datetime) -> None: ...
+    async def on_delivery(self, email: str, product_id: int, time: object) -> None: ...
+    async def on_received(self, email: str, product_id: int, time: object) -> None: ...
+
+
+class ExtraRequiredKeyword(WrongArity):
+    async def order_placed(  # type: ignore[override]
+        self, user: object, product: object, time: object, *, tenant: str
+    ) -> None: ...
+
+
+class NotAsync(WrongArity):
+    def order_placed(self, user: object, product: object, time: object) -> None:  # type: ignore[override]
+        ...
+
+
+@pytest.mark.parametrize(
+    ("handler", "words"),
+    [
+        (WrongArity(), ["WrongArity.order_placed", "too many positional arguments"]),
+        (ExtraRequiredKeyword(), ["order_placed", "tenant"]),
+        (NotAsync(), ["must be `async def`", "order_placed"]),
+    ],
+)
+async def test_a_handler_that_cannot_take_its_events_is_refused_at_subscribe(
+    bus: backbone.Backbone, handler: object, words: list[str]
+) -> None:
+    with pytest.raises(backbone.ContractError) as caught:
+        subscribe_shipment_tracking(bus, URI, handler, group="g")  # type: ignore[arg-type]
+    for word in words:
+        assert word in str(caught.value)
+    assert await bus.redis.exists(bus.keys(URI).stream) == 0  # nothing started
+
+
+class OnlyPacking:
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    async def packing(self, email: str, product_id: int, time: dt.datetime) -> None:
+        self.seen.append(product_id)
+
+
+async def test_a_partial_handler_must_be_asked_for(bus: backbone.Backbone) -> None:
+    with pytest.raises(backbone.ContractError, match="partial=True"):
+        subscribe_shipment_tracking(bus, URI, OnlyPacking(), group="g")  # type: ignore[arg-type]
+
+
+async def test_a_partial_handler_skips_and_counts_the_other_operations(
+    bus: backbone.Backbone,
+) -> None:
+    producer = shipment_tracking_producer(bus, URI)
+    await producer.order_placed(user(1), product(1), moment())
+    await producer.packing("a@example.com", 7, moment())
+    await producer.on_delivery("a@example.com", 7, moment())
+    await producer.packing("b@example.com", 8, moment())
+    handler = OnlyPacking()
+    async with subscribe_shipment_tracking(
+        bus, URI, handler, group="g", start=BEGINNING, partial=True
+    ) as sub:
+        await eventually(lambda: handler.seen == [7, 8], message="packing handled")
+        await eventually(lambda: sub.stats.unimplemented == 2, message="others")
+        await eventually(lambda: sub.in_flight == 0, message="acked")
+    info = await bus.redis.xpending(bus.keys(URI).stream, "g")
+    assert info["pending"] == 0
+    assert sub.stats.dead_lettered == 0
+
+
+async def test_a_partial_handler_is_still_checked(bus: backbone.Backbone) -> None:
+    class BadPacking:
+        async def packing(self, email: str) -> None: ...
+
+    with pytest.raises(backbone.ContractError, match="packing"):
+        subscribe_shipment_tracking(bus, URI, BadPacking(), group="g", partial=True)
+    with pytest.raises(backbone.ContractError, match="implements no operation"):
+        subscribe_shipment_tracking(bus, URI, object(), group="g", partial=True)
