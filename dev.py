@@ -5,6 +5,10 @@
     python3 dev.py test [ARGS...]    run the test suite (pytest ARGS)
     python3 dev.py check             ruff, mypy --strict and the codegen --check
     python3 dev.py bench [ARGS...]   run the benchmarks
+    python3 dev.py mutants [ARGS...] seed faults one at a time in copies of the
+                                     project and check that the tests catch each
+                                     (tests/mutants.py: --list, --only NAME...,
+                                     --update-docs)
     python3 dev.py shell CMD...      run any command inside the environment
 
 Only python3 (3.11 or newer) is needed. The environment lives in .venv next to
@@ -101,6 +105,9 @@ def main(argv: list[str]) -> int:
     if command == "bench":
         python = ensure_env("dev")
         return subprocess.call([str(python), "-m", "benchmarks", *rest])
+    if command == "mutants":
+        python = ensure_env("dev")
+        return subprocess.call([str(python), str(ROOT / "tests" / "mutants.py"), *rest])
     if command == "shell":
         python = ensure_env("dev")
         env = dict(os.environ)
