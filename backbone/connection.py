@@ -29,12 +29,28 @@ if TYPE_CHECKING:
     from .options import StartFrom, SubscriptionOptions
     from .producer import Producer, ProducerOptions
 
-__all__ = ["Backbone", "is_transient"]
+__all__ = ["Backbone", "is_transient", "require_embedded"]
 
 log = logging.getLogger("backbone")
 
 EMBEDDED_SCHEME: Final = "memory://"
 ENV_URL: Final = "BACKBONE_REDIS_URL"
+EMBEDDED_EXTRA: Final = "pip install 'backbone[embedded]'"
+
+
+def require_embedded() -> types.ModuleType:
+    """fakeredis, with the Lua it runs backbone's scripts with; a
+    :class:`ConfigurationError` naming the extra to install when missing."""
+    try:
+        import fakeredis
+        import lupa  # noqa: F401 - fakeredis runs EVAL with it
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"memory:// (the embedded in-process Redis) needs fakeredis with Lua "
+            f"support, which is not installed ({exc.name or exc}); install it with: "
+            f"{EMBEDDED_EXTRA}"
+        ) from None
+    return fakeredis
 
 
 class _HiredisPacking:
@@ -118,8 +134,9 @@ class Backbone:
     """A connection to one Redis in one environment; makes producers and consumers.
 
     ``url`` is a Redis URL (``redis://host:port/db``, ``rediss://``, ``unix://``) or
-    ``memory://`` for an embedded in-process Redis (fakeredis): good for tests and
-    demos, private to this process. Use it as an async context manager, or call
+    ``memory://`` for an embedded in-process Redis (fakeredis, from the
+    ``backbone[embedded]`` extra): good for tests and demos, private to this
+    process, gone with it. Use it as an async context manager, or call
     :meth:`close`.
 
     ``command_timeout`` bounds every command, so a server that stops answering
@@ -151,11 +168,19 @@ class Backbone:
         self._closed = False
 
     @classmethod
-    def from_env(
-        cls, *, environment: str = "dev", default: str = EMBEDDED_SCHEME
-    ) -> Self:
-        """Connect to ``$BACKBONE_REDIS_URL``, or to DEFAULT when it is not set."""
-        return cls(os.environ.get(ENV_URL) or default, environment=environment)
+    def from_env(cls, *, environment: str = "dev", default: str | None = None) -> Self:
+        """Connect to ``$BACKBONE_REDIS_URL``, or to DEFAULT when it is not set.
+
+        Without DEFAULT an unset variable is a :class:`ConfigurationError`: a
+        service never falls back to an embedded Redis that loses its events.
+        """
+        url = os.environ.get(ENV_URL) or default
+        if not url:
+            raise ConfigurationError(
+                f"{ENV_URL} is not set; set it to the Redis URL to use "
+                "(redis://host:port/db), or pass Backbone.from_env(default=...)"
+            )
+        return cls(url, environment=environment)
 
     def _client(
         self,
@@ -166,8 +191,7 @@ class Backbone:
         max_connections: int | None,
     ) -> aioredis.Redis:
         if self.embedded:
-            import fakeredis
-
+            fakeredis = require_embedded()
             server = fakeredis.FakeServer(version=(7, 2))
             client: aioredis.Redis = fakeredis.FakeAsyncRedis(server=server)
             return client

@@ -133,12 +133,19 @@ class ContractSpec:
 
     @property
     def fingerprint(self) -> str:
-        """A short hash of everything generated code depends on."""
+        """A short hash of everything generated code depends on.
+
+        Types from the contract's own package count by their name inside it, so
+        the package keeps its fingerprint under another name (the demo's
+        ``contracts`` is ``backbone.samples.contracts`` once installed).
+        """
+        package = self.module.rpartition(".")[0]
         parts = [f"{self.name}:{self.version}"]
         for op in self.operations:
             parts.append(f"{op.name}:{op.method}:{op.version}")
             for p in op.params:
-                parts.append(f"{p.name}={type_repr(p.annotation)}={p.default!r}")
+                annotation = type_repr(p.annotation, package=package)
+                parts.append(f"{p.name}={annotation}={p.default!r}")
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
@@ -465,27 +472,35 @@ def unsupported_reason(tp: Any) -> str | None:
     )
 
 
-def type_repr(tp: Any) -> str:
-    """A readable, stable rendering of an annotation (used in messages and hashes)."""
+def type_repr(tp: Any, *, package: str = "") -> str:
+    """A readable, stable rendering of an annotation (used in messages and hashes).
+
+    With PACKAGE, classes of modules inside it are named relative to it
+    (``.models.User``)."""
     if tp is type(None) or tp is None:
         return "None"
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is typing.Annotated:
         extras = ", ".join(repr(a) for a in args[1:])
-        return f"Annotated[{type_repr(args[0])}, {extras}]"
+        return f"Annotated[{type_repr(args[0], package=package)}, {extras}]"
     if origin in (typing.Union, types.UnionType):
-        return " | ".join(type_repr(a) for a in args)
+        return " | ".join(type_repr(a, package=package) for a in args)
     if origin is typing.Literal:
         return "Literal[" + ", ".join(repr(a) for a in args) + "]"
     if origin is not None:
         name = getattr(origin, "__name__", repr(origin))
-        inner = ", ".join("..." if a is Ellipsis else type_repr(a) for a in args)
+        inner = ", ".join(
+            "..." if a is Ellipsis else type_repr(a, package=package) for a in args
+        )
         return f"{name}[{inner}]"
     if isinstance(tp, type):
-        if tp.__module__ == "builtins":
+        module = tp.__module__
+        if module == "builtins":
             return tp.__qualname__
-        return f"{tp.__module__}.{tp.__qualname__}"
+        if package and module.startswith(package + "."):
+            module = module[len(package) :]
+        return f"{module}.{tp.__qualname__}"
     return repr(tp)
 
 

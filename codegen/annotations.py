@@ -3,26 +3,52 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
+import contextvars
 import enum
 import re
 import sys
 import types
 import typing
+from collections.abc import Iterator
 from typing import Any
 
 from backbone.contract import type_repr
 from backbone.errors import ContractError
 
-__all__ = ["Imports", "render_annotation", "render_default"]
+__all__ = ["Imports", "relative_to", "render_annotation", "render_default"]
+
+_PACKAGE: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "codegen_package", default=""
+)
+
+
+@contextlib.contextmanager
+def relative_to(package: str) -> Iterator[None]:
+    """Within the block, :class:`Imports` made without a package write the modules
+    inside PACKAGE (the one the generated module lives in) as relative imports."""
+    token = _PACKAGE.set(package)
+    try:
+        yield
+    finally:
+        _PACKAGE.reset(token)
 
 
 class Imports:
-    """``from module import name`` lines, with aliases when two names collide."""
+    """``from module import name`` lines, with aliases when two names collide.
 
-    def __init__(self, reserved: set[str] | None = None) -> None:
+    Modules inside PACKAGE (by default the one :func:`relative_to` names) are
+    imported relatively, so a generated module keeps working when its package is
+    installed under another name.
+    """
+
+    def __init__(
+        self, reserved: set[str] | None = None, *, package: str | None = None
+    ) -> None:
         self._names: dict[tuple[str, str], str] = {}
         self._taken: set[str] = set(reserved or ())
         self._modules: set[str] = set()
+        self._package = _PACKAGE.get() if package is None else package
 
     def module(self, name: str) -> str:
         """``import NAME``; returns the name to use."""
@@ -48,15 +74,22 @@ class Imports:
         self._names[key] = local
         return local
 
+    def _relative(self, module: str) -> str:
+        """MODULE as written in the import: relative when inside the package."""
+        package = self._package
+        if package and (module == package or module.startswith(package + ".")):
+            return "." + module[len(package) + 1 :]
+        return module
+
     def lines(self) -> list[str]:
-        """The import block: standard library first, then everything else; plain
-        imports before from-imports, each sorted."""
-        sections: list[list[str]] = [[], []]
+        """The import block: standard library first, then everything else, then
+        relative imports; plain imports before from-imports, each sorted."""
+        sections: list[list[str]] = [[], [], []]
         for mod in sorted(self._modules):
             sections[_section(mod)].append(f"import {mod}")
         by_module: dict[str, list[str]] = {}
         for (mod, name), local in self._names.items():
-            by_module.setdefault(mod, []).append(
+            by_module.setdefault(self._relative(mod), []).append(
                 f"{name} as {local}" if name != local else name
             )
         for mod in sorted(by_module):
@@ -88,6 +121,8 @@ def _isort_name_key(text: str) -> tuple[int, str]:
 
 
 def _section(module: str) -> int:
+    if module.startswith("."):
+        return 2
     return 0 if module.split(".", 1)[0] in sys.stdlib_module_names else 1
 
 

@@ -4,23 +4,50 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
+import site
 import sys
+import sysconfig
 import traceback
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from types import ModuleType
 
+import backbone
 from backbone.contract import ContractSpec, describe, is_contract
-from backbone.errors import ContractError
 
-from .render import HEADER, render_module
+from .annotations import relative_to
+from .render import render_module
+from .sources import GENERATED_SUFFIX, scan
 
-__all__ = ["CodegenError", "Outcome", "generate", "module_name_for"]
+__all__ = [
+    "CodegenError",
+    "ContractModule",
+    "ImportFailures",
+    "Outcome",
+    "generate",
+    "load_contracts",
+    "module_name_for",
+]
 
-GENERATED_SUFFIX = "_gen.py"
+HOW_TO_DECLARE = (
+    "a contract is a typing.Protocol class decorated with backbone's contract "
+    "(`from backbone import contract` and `@contract(...)`, or `import backbone` "
+    "and `@backbone.contract(...)`)"
+)
 
 
 class CodegenError(Exception):
     """A path cannot be generated from; the message says where and why."""
+
+
+class ImportFailures(CodegenError):
+    """Contract modules that cannot be parsed or imported: one line per error,
+    each naming the file and line where it happened."""
+
+    def __init__(self, lines: Sequence[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = tuple(lines)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -37,12 +64,13 @@ class Outcome:
         return not self.stale and not self.orphaned
 
 
-def _is_generated(path: Path) -> bool:
-    try:
-        with path.open(encoding="utf-8") as handle:
-            return handle.readline().rstrip("\n") == HEADER
-    except (OSError, UnicodeDecodeError):
-        return False
+@dataclasses.dataclass(frozen=True, slots=True)
+class ContractModule:
+    """An imported module that declares contracts."""
+
+    file: Path
+    name: str
+    specs: tuple[ContractSpec, ...]
 
 
 def module_name_for(path: Path) -> tuple[str, Path]:
@@ -58,78 +86,145 @@ def module_name_for(path: Path) -> tuple[str, Path]:
     return ".".join(parts), parent
 
 
-def _python_files(paths: Sequence[Path]) -> list[Path]:
-    found: list[Path] = []
+def _check_paths(paths: Sequence[Path]) -> None:
     for path in paths:
         if not path.exists():
             raise CodegenError(f"{path}: no such file or directory")
-        if path.is_file():
-            if path.suffix != ".py":
-                raise CodegenError(f"{path}: not a Python file")
-            found.append(path)
-            continue
-        for file in sorted(path.rglob("*.py")):
-            rel = file.relative_to(path)
-            if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
-                continue
-            found.append(file)
-    unique = sorted({f.resolve() for f in found})
-    return unique
+        if path.is_file() and path.suffix != ".py":
+            raise CodegenError(f"{path}: not a Python file")
 
 
-def _import(module: str, root: Path, file: Path) -> object:
+def _library_dirs() -> tuple[str, ...]:
+    """Directories whose files are not the user's: the standard library, the
+    installed packages, backbone and this generator."""
+    paths = sysconfig.get_paths()
+    dirs = {paths.get(key, "") for key in ("stdlib", "platstdlib", "purelib")}
+    dirs.update(site.getsitepackages())
+    dirs.add(site.getusersitepackages())
+    dirs.add(os.path.dirname(backbone.__file__ or ""))
+    dirs.add(os.path.dirname(__file__))
+    return tuple(os.path.realpath(d) + os.sep for d in dirs if d)
+
+
+def _users_file(filename: str, library: tuple[str, ...]) -> bool:
+    if filename.startswith("<"):  # <frozen importlib._bootstrap>, <string>
+        return False
+    return not os.path.realpath(filename).startswith(library)
+
+
+def _where(exc: BaseException, file: Path) -> tuple[str, int | None]:
+    """The file and line in the user's code where EXC happened (the deepest
+    frame there); FILE when no frame is the user's."""
+    library = _library_dirs()
+    source = exc.filename if isinstance(exc, SyntaxError) else None
+    if source and _users_file(source, library):
+        return source, getattr(exc, "lineno", None)
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if _users_file(frame.filename, library):
+            return frame.filename, frame.lineno
+    return str(file), None
+
+
+def _failure(exc: BaseException, module: str, file: Path) -> str:
+    where_file, line = _where(exc, file)
+    where = f"{where_file}:{line}" if line else where_file
+    if isinstance(exc, SyntaxError):
+        message = exc.msg
+    else:
+        message = "; ".join(t.strip() for t in str(exc).splitlines() if t.strip())
+    text = f"{where}: {type(exc).__qualname__}"
+    if message:
+        text += f": {message}"
+    if Path(where_file).resolve() != file:
+        text += f" (while importing {module} from {file})"
+    return text
+
+
+def _import(module: str, root: Path) -> ModuleType:
     root_text = str(root)
     if root_text not in sys.path:
         sys.path.insert(0, root_text)
-    try:
-        return importlib.import_module(module)
-    except ContractError:
-        raise
-    except Exception as exc:
-        detail = "".join(traceback.format_exception_only(exc)).strip()
-        raise CodegenError(
-            f"{file}: importing {module} failed: {detail}; fix the module (codegen "
-            "imports it to read its contracts)"
-        ) from exc
+    return importlib.import_module(module)
 
 
-def _contracts_of(module: object) -> list[ContractSpec]:
-    name = getattr(module, "__name__", "")
+def _contracts_of(module: ModuleType) -> tuple[ContractSpec, ...]:
+    name = module.__name__
     specs = []
     for value in vars(module).values():
         if is_contract(value) and value.__module__ == name:
             specs.append(describe(value))
-    return specs
+    return tuple(specs)
+
+
+def _load(
+    files: Sequence[Path], failures: list[str]
+) -> list[tuple[Path, str, ModuleType]]:
+    """Import FILES; every failure becomes one line of :class:`ImportFailures`,
+    after those already in FAILURES."""
+    loaded: list[tuple[Path, str, ModuleType]] = []
+    for file in files:
+        module_name, root = module_name_for(file)
+        try:
+            loaded.append((file, module_name, _import(module_name, root)))
+        except (Exception, SystemExit) as exc:
+            line = _failure(exc, module_name, file)
+            if line not in failures:
+                failures.append(line)
+    if failures:
+        raise ImportFailures(failures)
+    return loaded
+
+
+def _find(paths: Iterable[Path]) -> tuple[list[ContractModule], list[Path]]:
+    """The contract modules under PATHS, and the generated modules there."""
+    roots = [Path(p) for p in paths]
+    _check_paths(roots)
+    found = scan(roots)
+    modules = []
+    for file, name, module in _load(found.contract_modules, [*found.unparsable]):
+        specs = _contracts_of(module)
+        if specs:
+            modules.append(ContractModule(file, name, specs))
+    if not modules:
+        raise CodegenError(
+            f"no contract found: {found.describe(roots)}; {HOW_TO_DECLARE}"
+        )
+    return modules, list(found.generated)
+
+
+def load_contracts(paths: Iterable[Path]) -> list[ContractModule]:
+    """Import the modules under PATHS that declare contracts (found by reading
+    their source; nothing else is imported) and describe their contracts.
+
+    Raises :class:`CodegenError` when there is none or a path is wrong,
+    :class:`ImportFailures` when modules fail to parse or import (naming each),
+    and :class:`ContractError` for the first contract that cannot be carried.
+    """
+    return _find(paths)[0]
 
 
 def generate(paths: Iterable[Path], *, check: bool = False) -> Outcome:
     """Generate (or with CHECK, only compare) the modules for contracts under PATHS.
 
-    Generated modules under PATHS whose contract module is gone (or holds no
-    contract any more) are orphaned: deleted, or with CHECK reported.
+    Only modules whose source declares a contract are imported. Generated
+    modules under PATHS whose contract module is gone (or holds no contract any
+    more) are orphaned: deleted, or with CHECK reported. Nothing is written when
+    anything fails.
 
-    Raises :class:`ContractError` or :class:`CodegenError` on the first contract
-    that cannot be generated.
+    Raises :class:`CodegenError` when no contract is found or a path is wrong,
+    :class:`ImportFailures` when contract modules fail to parse or import, and
+    :class:`ContractError` for the first contract that cannot be generated.
     """
-    files = _python_files([Path(p) for p in paths])
+    modules, generated_seen = _find(paths)
+    rendered: list[tuple[Path, str]] = []
+    for found in modules:
+        target = found.file.with_name(found.file.stem + GENERATED_SUFFIX)
+        with relative_to(found.name.rpartition(".")[0]):
+            rendered.append((target, render_module(found.name, found.specs)))
     written: list[Path] = []
     unchanged: list[Path] = []
     stale: list[Path] = []
-    orphaned: list[Path] = []
-    expected: set[Path] = set()
-    generated_seen: list[Path] = []
-    for file in files:
-        if _is_generated(file):
-            generated_seen.append(file)
-            continue
-        module_name, root = module_name_for(file)
-        module = _import(module_name, root, file)
-        specs = _contracts_of(module)
-        if not specs:
-            continue
-        target = file.with_name(file.stem + GENERATED_SUFFIX)
-        expected.add(target)
-        text = render_module(module_name, specs)
+    for target, text in rendered:
         current = target.read_text(encoding="utf-8") if target.exists() else None
         if current == text:
             unchanged.append(target)
@@ -138,9 +233,9 @@ def generate(paths: Iterable[Path], *, check: bool = False) -> Outcome:
         else:
             target.write_text(text, encoding="utf-8")
             written.append(target)
-    for file in generated_seen:
-        if file not in expected:
-            orphaned.append(file)
-            if not check:
-                file.unlink()
+    expected = {target for target, _ in rendered}
+    orphaned = [file for file in generated_seen if file not in expected]
+    if not check:
+        for file in orphaned:
+            file.unlink()
     return Outcome(tuple(written), tuple(unchanged), tuple(stale), tuple(orphaned))

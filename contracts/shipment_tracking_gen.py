@@ -11,7 +11,8 @@ from datetime import datetime
 from typing import Literal, Protocol, cast, overload
 
 import backbone
-from contracts.shipment_tracking import Product, ShipmentTracking, User
+
+from .shipment_tracking import Product, ShipmentTracking, User
 
 __all__ = [
     "SHIPMENT_TRACKING",
@@ -24,7 +25,7 @@ __all__ = [
 ]
 
 
-SHIPMENT_TRACKING = backbone.bind(ShipmentTracking, fingerprint="62aa5c98cb221b0b")
+SHIPMENT_TRACKING = backbone.bind(ShipmentTracking, fingerprint="32fa06afaa95e6d3")
 _SHIPMENT_TRACKING_ORDER_PLACED = SHIPMENT_TRACKING.operation("order_placed")
 _SHIPMENT_TRACKING_PACKING = SHIPMENT_TRACKING.operation("packing")
 _SHIPMENT_TRACKING_ON_DELIVERY = SHIPMENT_TRACKING.operation("on_delivery")

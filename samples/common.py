@@ -7,7 +7,7 @@ import datetime as dt
 import decimal
 import os
 
-from contracts.shipment_tracking import Product, Tier, User
+from .shipment import Product, Tier, User
 
 URI = "hello.event-sourcing"
 STEPS = ("order_placed", "packing", "on_delivery", "on_received")

@@ -16,13 +16,10 @@ from rich.console import Console
 from rich.table import Table
 
 import backbone
-from contracts.shipment_tracking_gen import (
-    shipment_tracking_producer,
-    subscribe_shipment_tracking,
-)
 
 from .common import URI, now, order
 from .handlers import Printer, Reporter, Transit
+from .shipment import shipment_tracking_producer, subscribe_shipment_tracking
 
 
 async def run_demo(

@@ -8,10 +8,9 @@ import datetime as dt
 from collections.abc import Callable
 
 import backbone
-from contracts.shipment_tracking import Product, User
-from contracts.shipment_tracking_gen import ShipmentTrackingProducer
 
 from .common import STEPS, now
+from .shipment import Product, ShipmentTrackingProducer, User
 
 
 class Transit:

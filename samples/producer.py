@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import backbone
-from contracts.shipment_tracking_gen import shipment_tracking_producer
 
 from .common import arguments, now, order
+from .shipment import shipment_tracking_producer
 
 
 async def main() -> None:

@@ -8,10 +8,8 @@ import logging
 from collections.abc import Callable
 
 import backbone
-from contracts.shipment_tracking_gen import (
-    ShipmentTrackingConsumer,
-    subscribe_shipment_tracking,
-)
+
+from .shipment import ShipmentTrackingConsumer, subscribe_shipment_tracking
 
 Factory = Callable[[backbone.Backbone, argparse.Namespace], ShipmentTrackingConsumer]
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from contracts.shipment_tracking_gen import shipment_tracking_producer
-
 from .handlers import Transit
 from .service import run
+from .shipment import shipment_tracking_producer
 
 if __name__ == "__main__":
     run(

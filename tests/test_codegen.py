@@ -1,4 +1,4 @@
-"""Code generation: deterministic output, --check, and clear refusals."""
+"""Code generation: deterministic output, --check, clear refusals, relative imports."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 
 from backbone.errors import ContractError
 from codegen import generate
+from codegen.annotations import Imports, relative_to
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,6 +45,11 @@ from __future__ import annotations
 import datetime
 from typing import Any, Protocol
 from backbone import contract, operation
+"""
+SHIPPING = """
+@contract
+class Shipping(Protocol):
+    async def shipped(self, email: str) -> None: ...
 """
 
 
@@ -221,11 +227,66 @@ def test_cli_reports_refusal_and_exits_1(tmp_path: Path) -> None:
 
 
 def test_import_error_is_reported(tmp_path: Path) -> None:
-    module, package = make_package(tmp_path, "import does_not_exist\n")
+    source = HEADER + "import does_not_exist\n" + SHIPPING
+    module, package = make_package(tmp_path, source)
+    line = source.splitlines().index("import does_not_exist") + 1
     result = run_cli("codegen", package, cwd=tmp_path)
     assert result.returncode == 1
-    assert "does_not_exist" in result.stderr
-    assert str(module) in result.stderr
+    message = "ModuleNotFoundError: No module named 'does_not_exist'"
+    assert result.stderr.splitlines() == [f"error: {module}:{line}: {message}"]
+
+
+def test_imports_from_the_generated_modules_package_are_relative() -> None:
+    imports = Imports(package="app.events")
+    assert imports.name("app.events.orders", "Order") == "Order"
+    assert imports.name("app.events", "Base") == "Base"
+    assert imports.name("app.models", "User") == "User"
+    assert imports.name("app.eventsourcing", "Log") == "Log"
+    assert imports.name("datetime", "datetime") == "datetime"
+    assert imports.lines() == [
+        "from datetime import datetime",
+        "",
+        "from app.eventsourcing import Log",
+        "from app.models import User",
+        "",
+        "from . import Base",
+        "from .orders import Order",
+    ]
+    with relative_to("app"):
+        assert Imports().lines() == []
+        inside = Imports()
+    inside.name("app.models", "User")
+    assert inside.lines() == ["from .models import User"]
+
+
+def test_generated_module_works_where_its_package_is_installed_elsewhere(
+    tmp_path: Path,
+) -> None:
+    """The generated module imports its contract module relatively: under another
+    package name (the demo's contracts are backbone.samples.contracts once
+    installed) it binds the same contract, and a top-level `contracts` package of
+    someone else's is never imported."""
+    outer = tmp_path / "vendor"
+    outer.mkdir()
+    (outer / "__init__.py").write_text("")
+    shutil.copytree(ROOT / "contracts", outer / "demo_contracts")
+    theirs = tmp_path / "contracts"
+    theirs.mkdir()
+    (theirs / "__init__.py").write_text("raise RuntimeError('their contracts')\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import vendor.demo_contracts.shipment_tracking_gen as gen; "
+            "print(gen.SHIPMENT_TRACKING.spec.module)",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "vendor.demo_contracts.shipment_tracking"
 
 
 def test_generated_code_passes_ruff_and_mypy_strict(tmp_path: Path) -> None:

@@ -13,14 +13,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_demo(
-    *args: str, env: dict[str, str] | None = None
+    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
 ) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if k != "BACKBONE_REDIS_URL"}
     environ.update(env or {})
     environ["COLUMNS"] = "200"
     return subprocess.run(
         [sys.executable, "-m", "backbone", "demo", *args],
-        cwd=ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=120,
@@ -40,6 +40,18 @@ def test_demo_on_embedded_redis() -> None:
     result = run_demo("--orders", "4")
     check_output(result, 4)
     assert "embedded Redis" in result.stdout
+
+
+def test_demo_beside_a_projects_own_contracts_package(tmp_path: Path) -> None:
+    """`python -m backbone demo` from a project with its own `contracts` (first on
+    sys.path) uses the demo's contract modules, never the project's."""
+    (tmp_path / "contracts").mkdir()
+    (tmp_path / "contracts" / "__init__.py").write_text("")
+    for name in ("shipment_tracking.py", "shipment_tracking_gen.py"):
+        (tmp_path / "contracts" / name).write_text(
+            "raise RuntimeError('the project\\'s own module was imported')\n"
+        )
+    check_output(run_demo("--orders", "2", cwd=tmp_path), 2)
 
 
 def test_demo_on_real_redis_via_option_and_env(real_url: str) -> None:

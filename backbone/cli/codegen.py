@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -26,13 +26,26 @@ def codegen(
         ),
     ] = False,
 ) -> None:
-    """Generate typed producers, consumers and dispatchers from contracts."""
-    from codegen import CodegenError, generate
+    """Generate typed producers, consumers and dispatchers from contracts.
+
+    Only modules whose source declares a contract are imported; virtual
+    environments, hidden and cache directories are not searched.
+    """
+    if TYPE_CHECKING:  # the repository's codegen/ folder, checked as itself
+        from codegen import CodegenError, ImportFailures, generate
+    else:  # installed as backbone.codegen (an editable install maps it too)
+        from ..codegen import CodegenError, ImportFailures, generate
 
     try:
         outcome = generate(paths, check=check)
+    except ImportFailures as exc:
+        for line in exc.lines:
+            errors.print(
+                f"error: {line}", markup=False, highlight=False, soft_wrap=True
+            )
+        raise typer.Exit(1) from exc
     except (ContractError, CodegenError) as exc:
-        errors.print(f"error: {exc}", markup=False, highlight=False)
+        errors.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from exc
     if check:
         for path in outcome.stale:

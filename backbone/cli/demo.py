@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..connection import ENV_URL
-from .common import Environment, console, run
+from ..connection import EMBEDDED_EXTRA, EMBEDDED_SCHEME, ENV_URL, require_embedded
+from ..errors import ConfigurationError
+from .common import Environment, console, fail, run
 
 app = typer.Typer()
 
@@ -32,14 +33,26 @@ def demo(
     ] = 30.0,
 ) -> None:
     """Run the shipment-tracking flow: producer, transit, consumer and reporter."""
-    from samples.demo import run_demo
+    if TYPE_CHECKING:  # the repository's samples/ folder, checked as itself
+        from samples.demo import run_demo
+    else:  # installed as backbone.samples (an editable install maps it too)
+        from ..samples.demo import run_demo
 
+    if not redis_url:
+        try:
+            require_embedded()
+        except ConfigurationError:
+            fail(
+                "without --redis-url the demo runs on the embedded in-process "
+                f"Redis, which needs the embedded extra: {EMBEDDED_EXTRA} (or pass "
+                "--redis-url redis://host:port/db)"
+            )
     logging.basicConfig(
         level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     ok = run(
         lambda: run_demo(
-            redis_url or "memory://",
+            redis_url or EMBEDDED_SCHEME,
             orders=orders,
             environment=environment,
             timeout=timeout,

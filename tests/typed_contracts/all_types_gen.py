@@ -13,7 +13,8 @@ from typing import Literal, Protocol, cast, overload
 from uuid import UUID
 
 import backbone
-from typed_contracts.all_types import AllTypes, Color, Customer, Level
+
+from .all_types import AllTypes, Color, Customer, Level
 
 __all__ = [
     "ALL_TYPES",
@@ -26,7 +27,7 @@ __all__ = [
 ]
 
 
-ALL_TYPES = backbone.bind(AllTypes, fingerprint="a7987d45e9e768f2")
+ALL_TYPES = backbone.bind(AllTypes, fingerprint="a56e61db6f402b6c")
 _ALL_TYPES_SCALARS = ALL_TYPES.operation("scalars")
 _ALL_TYPES_TIMES = ALL_TYPES.operation("times")
 _ALL_TYPES_IDENTIFIERS = ALL_TYPES.operation("identifiers")
