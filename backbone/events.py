@@ -13,6 +13,7 @@ t      producer time, Unix milliseconds                     producer
 p      producer identity (host:pid:random)                  producer
 co     correlation id (the first event of a causal chain)   producer
 ca     causation id (the event being handled when sent)     producer
+tp     W3C trace context, when traced (see telemetry)       producer
 rg     only this consumer group handles the entry           dead-letter retry
 ri     the original event id of a re-driven entry           dead-letter retry
 =====  ===================================================  ===========
@@ -44,6 +45,7 @@ F_CORRELATION: Final = b"co"
 F_CAUSATION: Final = b"ca"
 F_REDRIVE_GROUP: Final = b"rg"
 F_REDRIVE_ORIGIN: Final = b"ri"
+F_TRACE: Final = b"tp"
 
 
 @dataclasses.dataclass(frozen=True, slots=True, order=True)

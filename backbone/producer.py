@@ -15,57 +15,38 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import logging
-import secrets
 import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-import redis.exceptions as rex
-
 from .codec import OperationCodec
-from .connection import is_transient
 from .errors import (
     ConfigurationError,
     PublishError,
-    PublishTimeout,
     ReplicationTimeout,
 )
 from .events import (
     F_CAUSATION,
-    F_CONTRACT,
     F_CORRELATION,
-    F_OPERATION,
-    F_PRODUCER,
-    F_VERSION,
+    F_TRACE,
     EventId,
     current_event,
 )
 from .producer_options import ProducerOptions, default_identity
-from .scripts import PublishStatus
+from .telemetry import hooks
+from .writer import BatchRefused, Item, Writer
 
 if TYPE_CHECKING:
     from .connection import Backbone
     from .contract import ContractSpec
     from .keys import StreamKeys
+    from .telemetry.core import Telemetry
 
 __all__ = ["Batch", "Producer", "ProducerOptions"]
 
 log = logging.getLogger("backbone.producer")
-
-
-@dataclasses.dataclass(slots=True)
-class _Item:
-    """One event ready to send: its operation, producer time, extra metadata
-    (correlation and causation) and encoded parameter values."""
-
-    operation: OperationCodec
-    millis: int
-    extra: tuple[bytes | str, ...]
-    values: list[bytes]
-    future: asyncio.Future[EventId] | None
 
 
 class Producer:
@@ -85,16 +66,10 @@ class Producer:
         self.options = options or ProducerOptions()
         self.identity = self.options.identity or default_identity()
         self._stream = keys.stream
-        # The batch record is this instance's alone, even when several producers
-        # share an identity: a retry must only ever find its own batches.
-        self._writer_key = keys.writer(f"{self.identity}:{secrets.token_hex(6)}")
-        self._payload_prefix = keys.payload_prefix
-        self._record_ttl_ms = str(int(self.options.batch_record_ttl * 1000))
-        self._sequence = 0
-        self._pending: collections.deque[_Item] = collections.deque()
+        self._writer = Writer(backbone, keys, self.identity, self.options)
+        self._pending: collections.deque[Item] = collections.deque()
         self._send_lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
-        self._templates: dict[OperationCodec, list[bytes | str | int]] = {}
         self._closed = False
 
     # --- public -------------------------------------------------------------------
@@ -128,15 +103,31 @@ class Producer:
         Every argument is validated before anything is written.
         """
         self._check_atomic_size(len(calls))
-        return await self._write_atomic([self._prepare(op, args) for op, args in calls])
+        items: list[Item] = []
+        try:
+            for op, args in calls:
+                items.append(self._prepare(op, args))
+        except BaseException as exc:
+            self._settle(items, None, exc)
+            raise
+        return await self._write_atomic(items)
 
-    def _prepare(self, operation: OperationCodec, args: Sequence[Any]) -> _Item:
+    def _prepare(self, operation: OperationCodec, args: Sequence[Any]) -> Item:
         values = operation.encode(args)
-        return _Item(
+        item = Item(
             operation, time.time_ns() // 1_000_000, self._extra_meta(), values, None
         )
+        observer = hooks.active
+        if observer is not None:
+            # The span starts in the caller's context (a handler's span, say).
+            item.telemetry, carried = observer.start_publish(
+                self._stream, operation.operation.name
+            )
+            if carried is not None:
+                item.extra = (*item.extra, F_TRACE, carried)
+        return item
 
-    async def _write_atomic(self, items: list[_Item]) -> list[EventId]:
+    async def _write_atomic(self, items: list[Item]) -> list[EventId]:
         if not items:
             return []
         if self._closed:
@@ -162,26 +153,6 @@ class Producer:
 
     # --- internals -----------------------------------------------------------------
 
-    def _template(self, operation: OperationCodec) -> list[bytes | str | int]:
-        """The arguments describing OPERATION once per batch (see publish.lua)."""
-        template = self._templates.get(operation)
-        if template is None:
-            spec = operation.operation
-            fields = operation.field_names
-            meta: list[bytes | str] = [
-                F_OPERATION,
-                spec.name,
-                F_VERSION,
-                str(spec.version),
-                F_CONTRACT,
-                spec.contract,
-                F_PRODUCER,
-                self.identity,
-            ]
-            template = [len(meta), *meta, len(fields), *fields]
-            self._templates[operation] = template
-        return template
-
     @staticmethod
     def _extra_meta() -> tuple[bytes | str, ...]:
         cause = current_event()
@@ -202,7 +173,7 @@ class Producer:
             if linger and len(self._pending) < self.options.max_batch:
                 await asyncio.sleep(linger)
             async with self._send_lock:
-                batch: list[_Item] = []
+                batch: list[Item] = []
                 while self._pending and len(batch) < self.options.max_batch:
                     batch.append(self._pending.popleft())
                 try:
@@ -231,131 +202,54 @@ class Producer:
                     if item.future is not None and not item.future.done():
                         item.future.set_result(event_id)
 
-    async def _send(self, items: list[_Item], *, atomic: bool = False) -> list[EventId]:
-        """One atomic write of ITEMS, retried on transient errors until the timeout.
-
-        The caller holds the send lock, so a producer has one batch in flight and
-        its batch record describes the batch being retried or an older one; as
-        batch numbers only grow, an attempt that arrives after a later batch
-        writes nothing. When Redis refuses a coalesced (not ATOMIC) batch, its
-        events are sent one by one so that only the refused ones fail.
-        """
-        self._sequence += 1
-        sequence = str(self._sequence)
-        argv: list[bytes | str | int] = [
-            self._payload_prefix,
-            sequence,
-            self._record_ttl_ms,
-            len(items),
-            0,  # the number of templates, set below
-        ]
-        numbers: dict[OperationCodec, int] = {}
-        body: list[bytes | str | int] = []
-        for item in items:
-            number = numbers.get(item.operation)
-            if number is None:
-                number = numbers[item.operation] = len(numbers) + 1
-                argv.extend(self._template(item.operation))
-            body.append(number)
-            body.append(item.millis)
-            body.append(len(item.extra))
-            if item.extra:
-                body.extend(item.extra)
-            body.extend(item.values)
-        argv[4] = len(numbers)
-        argv.extend(body)
-        deadline = time.monotonic() + self.options.publish_timeout
-        delay = 0.05
-        attempt = 0
-        script = self.backbone.scripts.publish
-        client = self.backbone.redis
-        keys = (self._stream, self._writer_key)
-        wait = self.options.min_replicas
-        wait_ms = int(self.options.replica_timeout * 1000)
-        replicas = 0
-        while True:
-            attempt += 1
-            try:
-                remaining = deadline - time.monotonic()
-                async with asyncio.timeout(
-                    max(remaining, 0.001)
-                    + (self.options.replica_timeout if wait else 0)
-                ):
-                    reply, replicas = await script.append(
-                        client, keys, argv, replicas=wait, timeout_ms=wait_ms
-                    )
-                break
-            except (rex.ResponseError, rex.DataError) as exc:
-                if is_transient(exc):
-                    last_error: BaseException = exc
-                else:
-                    if len(items) > 1 and not atomic:
-                        return await self._send_one_by_one(items)
-                    raise PublishError(
-                        f"Redis refused to append to {self._stream}: {exc}"
-                    ) from exc
-            except TimeoutError as exc:
-                last_error = exc
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                last_error = exc
-            # The outcome of the failed attempt is unknown: the same batch number
-            # lets the script return what an attempt that got through wrote.
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise PublishTimeout(
-                    f"could not publish {len(items)} event(s) to {self._stream} within "
-                    f"{self.options.publish_timeout:g}s ({attempt} attempts); last "
-                    f"error: {type(last_error).__name__}: {last_error}. Check that "
-                    f"Redis at {self.backbone!r} is up, or raise "
-                    "ProducerOptions.publish_timeout"
-                ) from last_error
-            if attempt == 1:
-                log.warning(
-                    "publish to %s failed (%s: %s); retrying for up to %.1fs",
-                    self._stream,
-                    type(last_error).__name__,
-                    last_error,
-                    remaining,
-                )
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, 1.0)
-        stream = self._stream
-        status = reply.status
-        if status is PublishStatus.REFUSED:  # an earlier attempt's, answer lost
-            if len(items) > 1 and not atomic:
-                return await self._send_one_by_one(items)
-            raise PublishError(f"Redis refused to append to {stream}: {reply.detail}")
-        if status is PublishStatus.STALE:
-            # Not met in normal runs: the answer to a stale attempt goes to a
-            # connection the producer has given up on.
-            raise PublishError(
-                f"batch {sequence} of this producer is older than batch "
-                f"{reply.detail}, the last one recorded for it on {stream}; "
-                "nothing was written (its events were written by an earlier "
-                "attempt, or their callers were told it failed)"
-            )
-        ids = [EventId(stream, raw) for raw in reply.ids]
-        if status is PublishStatus.DUPLICATE and len(ids) != len(items):
-            raise PublishError(
-                f"a retried batch of {len(items)} event(s) was already written to "
-                f"{self._stream}, but only {len(ids)} of its entries are still there "
-                "(trimmed meanwhile); the events are not written twice"
-            )
-        self.backbone.notify_written(self._stream)
-        if wait and replicas < wait:
-            raise ReplicationTimeout(
-                f"{len(ids)} event(s) written to {self._stream}, but only {replicas} "
-                f"of {wait} replica(s) confirmed within "
-                f"{self.options.replica_timeout:g}s; they are on the primary and would "
-                "be lost only by a failover before the replicas catch up",
-                list(ids),
-                replicas,
-            )
+    async def _send(self, items: list[Item], *, atomic: bool = False) -> list[EventId]:
+        """:meth:`_append`, and with telemetry on, the end of the items' records."""
+        observer = hooks.active
+        if observer is None:
+            return await self._append(items, atomic=atomic)
+        try:
+            ids = await self._append(items, atomic=atomic)
+        except ReplicationTimeout as exc:
+            written = [e for e in exc.event_ids if isinstance(e, EventId)]
+            self._settle(items, written, exc, observer)
+            raise
+        except BaseException as exc:
+            self._settle(items, None, exc, observer)
+            raise
+        self._settle(items, ids, None, observer)
         return ids
 
-    async def _send_one_by_one(self, items: list[_Item]) -> list[EventId]:
+    def _settle(
+        self,
+        items: list[Item],
+        ids: list[EventId] | None,
+        error: BaseException | None,
+        observer: Telemetry | None = None,
+    ) -> None:
+        """End the telemetry records of ITEMS: written as IDS (None: not written,
+        a discarded batch say), or failed with ERROR. Once only: events sent one
+        by one were settled by their own :meth:`_send`."""
+        observer = observer or hooks.active
+        records = [item.telemetry for item in items]
+        for item in items:
+            item.telemetry = None
+        if observer is not None and any(record is not None for record in records):
+            observer.publish_done(self._stream, records, ids, error)
+
+    async def _append(
+        self, items: list[Item], *, atomic: bool = False
+    ) -> list[EventId]:
+        """One atomic write of ITEMS (see :mod:`backbone.writer`). When Redis
+        refuses a coalesced (not ATOMIC) batch, its events are sent one by one so
+        that only the refused ones fail."""
+        try:
+            return await self._writer.write(items)
+        except BatchRefused:
+            if len(items) > 1 and not atomic:
+                return await self._send_one_by_one(items)
+            raise
+
+    async def _send_one_by_one(self, items: list[Item]) -> list[EventId]:
         """After Redis refused a whole batch, send its events one at a time, so
         that only the refused ones fail. Each caller learns its outcome as soon
         as it is known; when Redis becomes unreachable, the events not sent yet
@@ -392,7 +286,7 @@ class Batch:
     def __init__(self, producer: Producer) -> None:
         self.producer = producer
         self.event_ids: list[EventId] = []
-        self._items: list[_Item] = []
+        self._items: list[Item] = []
         self._written = False
 
     def add(self, operation: OperationCodec, args: Sequence[Any]) -> None:
@@ -416,6 +310,7 @@ class Batch:
     ) -> None:
         items, self._items = self._items, []
         if exc_type is not None:
+            self.producer._settle(items, None, exc or PublishError("discarded"))
             return
         self._written = True
         self.event_ids = await self.producer._write_atomic(items)

@@ -168,10 +168,10 @@ async def test_an_attempt_older_than_the_last_batch_is_refused(
     producer = shipment_tracking_producer(bus, URI)
     first = await producer.packing("a@example.com", 1, moment())
     second = await producer.packing("b@example.com", 2, moment())
-    producer.producer._sequence = 0  # the next batch number is 1: older than 2
+    producer.producer._writer.sequence = 0  # the next batch number is 1: older than 2
     with pytest.raises(backbone.PublishError, match="older than batch 2"):
         await producer.packing("c@example.com", 3, moment())
-    producer.producer._sequence = 1  # batch 2 again: a retry gets its own ids
+    producer.producer._writer.sequence = 1  # batch 2 again: a retry gets its own ids
     assert await producer.packing("b@example.com", 2, moment()) == second
     entries = await bus.redis.xrange(bus.keys(URI).stream)
     assert [e[0].decode() for e in entries] == [first.id, second.id]
@@ -181,7 +181,7 @@ async def test_an_attempt_older_than_the_last_batch_is_refused(
 async def test_batch_record_outlives_late_attempts(bus: backbone.Backbone) -> None:
     producer = shipment_tracking_producer(bus, URI)
     assert producer.producer.options.batch_record_ttl == 3600
-    record_key = producer.producer._writer_key
+    record_key = producer.producer._writer.record_key
     first = await producer.packing("a@example.com", 1, moment())
     assert await bus.redis.get(record_key) == f"1 {first.id} {first.id}".encode()
     ttl = await bus.redis.pttl(record_key)
@@ -192,7 +192,7 @@ async def test_batch_record_outlives_late_attempts(bus: backbone.Backbone) -> No
         batch.packing("b@example.com", 2, moment())
         batch.packing("c@example.com", 3, moment())
     second, third = batch.event_ids
-    record_key = producer.producer._writer_key
+    record_key = producer.producer._writer.record_key
     assert await bus.redis.get(record_key) == f"1 {second.id} {third.id}".encode()
     assert 110_000 < await bus.redis.pttl(record_key) <= 120_000
 

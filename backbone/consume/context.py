@@ -1,4 +1,5 @@
-"""The :class:`EventContext` a handler sees, built from a stream entry's metadata.
+"""The :class:`EventContext` a handler sees, built from a stream entry's metadata,
+and the fields a log line about one event carries.
 
 Metadata is written by producers, by re-drives and, on a bad day, by anyone with
 a Redis client. Nothing in it may fail a valid event: a value that cannot be read
@@ -11,12 +12,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..events import (
     F_CAUSATION,
     F_CONTRACT,
     F_CORRELATION,
+    F_OPERATION,
     F_PRODUCER,
     F_REDRIVE_ORIGIN,
     F_TIME,
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
     from .delivery import Delivery
     from .state import SubscriptionState
 
-__all__ = ["LazyContext", "build_context"]
+__all__ = ["LazyContext", "build_context", "log_fields"]
 
 
 def _short(value: bytes) -> str:
@@ -117,3 +119,28 @@ class LazyContext:
         if self._made is None:
             self._made = build_context(self._state, self._d, self._operation)
         return self._made
+
+
+def log_fields(
+    state: SubscriptionState,
+    d: Delivery,
+    operation: str | None = None,
+    handler: str | None = None,
+) -> dict[str, Any]:
+    """The event's fields for a log record's ``extra`` (for JSON formatters):
+    ``event_id`` (the entry id), ``operation``, ``stream``, ``group``,
+    ``consumer``, ``delivery_count``, and ``handler`` when known."""
+    if operation is None:
+        raw = d.op if d.op is not None else d.fields.get(F_OPERATION)
+        operation = as_text(raw) if raw is not None else None
+    fields: dict[str, Any] = {
+        "event_id": d.entry_id,
+        "operation": operation,
+        "stream": state.stream,
+        "group": state.group,
+        "consumer": state.consumer,
+        "delivery_count": d.delivery_count,
+    }
+    if handler is not None:
+        fields["handler"] = handler
+    return fields

@@ -4,6 +4,10 @@
 :class:`backbone.DeadLetter`), copies the payload key beside it and acks the event,
 in one atomic step, and only while the event is still pending in the group: an
 event another member acknowledged meanwhile is not dead-lettered.
+
+Each dead letter is one log line: at ERROR with the handler's traceback when the
+handler failed on its last delivery, at WARNING for bad input (the reason says
+what was wrong with it).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from typing import TYPE_CHECKING
 from ..deadletters import DeadLetter, DeadLetterReason
 from ..events import EventId
 from ..faults import is_transient
+from ..telemetry import hooks
+from .context import log_fields
 
 if TYPE_CHECKING:
     from .delivery import Delivery
@@ -83,20 +89,38 @@ class DeadLetterStep:
                         state,
                         d.entry_id,
                         exc,
+                        exc_info=exc,
+                        extra=log_fields(state, d, handler=handler),
                     )
                     return
                 await state.outage.wait(exc)
         d.acked = True
+        extra = log_fields(state, d, handler=handler)
         if written is None:
-            log.info("%s: %s was acked elsewhere; not dead-lettered", state, d.entry_id)
+            log.info(
+                "%s: %s was acked elsewhere; not dead-lettered",
+                state,
+                d.entry_id,
+                extra=extra,
+            )
             return
         state.stats.dead_lettered += 1
-        log.warning(
-            "%s: dead-lettered %s (%s) after %d deliveries: %s: %s",
+        observer = hooks.active
+        if observer is not None:
+            observer.dead_lettered(
+                state.stream, state.group, extra["operation"] or "", letter.reason
+            )
+        extra["reason"] = letter.reason
+        log.log(
+            logging.ERROR if isinstance(error, BaseException) else logging.WARNING,
+            "%s: dead-lettered %s (%s, %s) after %d deliveries: %s: %s",
             state,
             d.entry_id,
+            extra["operation"],
             letter.reason,
             d.delivery_count,
             letter.error_type,
             letter.error_message[:300],
+            exc_info=error if isinstance(error, BaseException) else None,
+            extra=extra,
         )

@@ -16,6 +16,12 @@ each delivery a worker decides, before any handler runs:
 Then it calls the handler. A failure is retried after a backoff, each retry
 counted as a delivery in Redis (``XCLAIM RETRYCOUNT``), until ``max_deliveries``
 deliveries have failed; then the event is dead-lettered ``handler-error``.
+
+Each failed call is one log line with its traceback (WARNING while it will be
+retried; the dead letter's ERROR line for the last one), each handled event a
+DEBUG line. With telemetry on (:mod:`backbone.telemetry`) each call runs in a
+CONSUMER span that continues the producer's trace, and is counted and timed;
+off, that costs one check of ``hooks.active`` per event.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ from ..errors import DecodeError
 from ..events import reset_current_event, set_current_event
 from ..faults import is_transient
 from ..options import AckPolicy, UnknownOperation
-from .context import LazyContext
+from ..telemetry import hooks
+from .context import LazyContext, log_fields
 
 if TYPE_CHECKING:
     from ..dispatch import Route
@@ -75,6 +82,13 @@ class Workers:
 
     async def run(self) -> None:
         """One worker: handle deliveries until closed."""
+        hooks.watch(self.state)  # for the consumer lag gauges
+        try:
+            await self._loop()
+        finally:
+            hooks.unwatch(self.state)
+
+    async def _loop(self) -> None:
         window = self.state.window
         ready = window.ready
         handled = 0
@@ -93,7 +107,10 @@ class Workers:
             except Exception:
                 # Never let one event kill the loop; it stays pending and comes back.
                 log.exception(
-                    "%s: unexpected error handling %s", self.state, delivery.entry_id
+                    "%s: unexpected error handling %s",
+                    self.state,
+                    delivery.entry_id,
+                    extra=log_fields(self.state, delivery),
                 )
             finally:
                 window.finish(delivery)
@@ -111,7 +128,10 @@ class Workers:
         if op_name is None and not d.fields:
             # Deleted from the stream (trimmed) while pending: nothing to handle.
             log.info(
-                "%s: pending entry %s no longer exists; acking it", state, d.entry_id
+                "%s: pending entry %s no longer exists; acking it",
+                state,
+                d.entry_id,
+                extra=log_fields(state, d),
             )
             self._ack(d)
             return
@@ -194,9 +214,16 @@ class Workers:
         retry = state.options.retry
         method = route.method
         timeout = state.options.handler_timeout
+        observer = hooks.active  # None: telemetry off
+        debug = log.isEnabledFor(logging.DEBUG)
         while True:
             context = LazyContext(state, d, operation)
             token = set_current_event(context)
+            # The handler's span, current while it runs (telemetry on only).
+            handling = (
+                None if observer is None else observer.handling(state, d, operation)
+            )
+            started = time.perf_counter() if debug else 0.0
             try:
                 if route.takes_context:
                     call = method(*args, context=context())
@@ -211,6 +238,8 @@ class Workers:
                 if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
                     raise  # the subscription is stopping: the event stays pending
                 state.stats.failed += 1
+                if handling is not None:
+                    handling.failed(exc)
                 if d.delivery_count >= retry.max_deliveries:
                     await self.dead_letter(
                         d,
@@ -220,16 +249,20 @@ class Workers:
                     )
                     return
                 delay = retry.backoff(d.delivery_count)
-                log.info(
-                    "%s: %s failed on %s (delivery %d of %d: %s: %s); retry in %.2fs",
+                log.warning(
+                    "%s: %s failed on %s (%s, delivery %d of %d: %s: %s); "
+                    "retry in %.2fs",
                     state,
                     route.handler_name,
                     d.entry_id,
+                    operation,
                     d.delivery_count,
                     retry.max_deliveries,
                     type(exc).__name__,
                     exc,
                     delay,
+                    exc_info=exc,
+                    extra=log_fields(state, d, operation, route.handler_name),
                 )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(state.stopping.wait(), delay)
@@ -238,15 +271,38 @@ class Workers:
                 if not await self._redeliver(d):
                     return
                 state.stats.retried += 1
+                if observer is not None:
+                    observer.retried(state.stream, state.group, operation)
                 continue
             finally:
                 reset_current_event(token)
+                if handling is not None:
+                    handling.end()
             state.stats.handled += 1
+            if handling is not None:
+                handling.handled()
+            if debug:
+                self._log_handled(d, operation, route, time.perf_counter() - started)
             if self.marks is not None:
                 await self.marks.mark_done(d)
             if self._ack_after_success and not d.acked:
                 self._ack(d)
             return
+
+    def _log_handled(
+        self, d: Delivery, operation: str, route: Route, seconds: float
+    ) -> None:
+        extra = log_fields(self.state, d, operation, route.handler_name)
+        extra["duration_ms"] = round(seconds * 1000, 3)
+        log.debug(
+            "%s: %s handled %s (%s) in %.3f ms",
+            self.state,
+            route.handler_name,
+            d.entry_id,
+            operation,
+            seconds * 1000,
+            extra=extra,
+        )
 
     async def _redeliver(self, d: Delivery) -> bool:
         """Count a retry as a delivery in Redis (XCLAIM RETRYCOUNT), so the count
@@ -278,6 +334,7 @@ class Workers:
                     "not retrying it",
                     state,
                     d.entry_id,
+                    extra=log_fields(state, d),
                 )
                 return False
             d.delivery_count = next_count

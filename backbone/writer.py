@@ -1,0 +1,230 @@
+"""One atomic write of a batch of events, retried until it is known to be done,
+never written twice.
+
+Each attempt is one ``EVALSHA`` of ``lua/publish.lua`` (through
+:class:`~backbone.scripts.PublishScript`) carrying the batch's number. A lost
+connection is retried until ``publish_timeout``; a retried batch carries the same
+number, and the script answers with the entries the first attempt wrote. Numbers
+only grow, so an attempt that reaches Redis after a later batch was recorded
+writes nothing at all. The batch record belongs to this writer (one producer
+instance) alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+import time
+from typing import TYPE_CHECKING
+
+import redis.exceptions as rex
+
+from .errors import PublishError, PublishTimeout, ReplicationTimeout
+from .events import F_CONTRACT, F_OPERATION, F_PRODUCER, F_VERSION, EventId
+from .faults import is_transient
+from .scripts import PublishStatus
+
+if TYPE_CHECKING:
+    from .codec import OperationCodec
+    from .connection import Backbone
+    from .keys import StreamKeys
+    from .producer_options import ProducerOptions
+    from .telemetry.core import Publishing
+
+__all__ = ["BatchRefused", "Item", "Writer"]
+
+log = logging.getLogger("backbone.producer")
+
+
+@dataclasses.dataclass(slots=True)
+class Item:
+    """One event ready to send: its operation, producer time, extra metadata
+    (correlation, causation, trace context) and encoded parameter values; with
+    telemetry on, its record (span) until it is written or has failed."""
+
+    operation: OperationCodec
+    millis: int
+    extra: tuple[bytes | str, ...]
+    values: list[bytes]
+    future: asyncio.Future[EventId] | None
+    telemetry: Publishing | None = None
+
+
+class BatchRefused(PublishError):
+    """Redis refused the batch as a whole (nothing of it was written)."""
+
+
+class Writer:
+    """Writes batches of one producer instance to its stream."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        keys: StreamKeys,
+        identity: str,
+        options: ProducerOptions,
+    ) -> None:
+        self.backbone = backbone
+        self.identity = identity
+        self.options = options
+        self._stream = keys.stream
+        # The batch record is this instance's alone, even when several producers
+        # share an identity: a retry must only ever find its own batches.
+        self.record_key = keys.writer(f"{identity}:{secrets.token_hex(6)}")
+        self._payload_prefix = keys.payload_prefix
+        self._record_ttl_ms = str(int(options.batch_record_ttl * 1000))
+        self.sequence = 0
+        self._templates: dict[OperationCodec, list[bytes | str | int]] = {}
+
+    def _template(self, operation: OperationCodec) -> list[bytes | str | int]:
+        """The arguments describing OPERATION once per batch (see publish.lua)."""
+        template = self._templates.get(operation)
+        if template is None:
+            spec = operation.operation
+            fields = operation.field_names
+            meta: list[bytes | str] = [
+                F_OPERATION,
+                spec.name,
+                F_VERSION,
+                str(spec.version),
+                F_CONTRACT,
+                spec.contract,
+                F_PRODUCER,
+                self.identity,
+            ]
+            template = [len(meta), *meta, len(fields), *fields]
+            self._templates[operation] = template
+        return template
+
+    def _argv(self, items: list[Item], sequence: str) -> list[bytes | str | int]:
+        """publish.lua's arguments for ITEMS as batch number SEQUENCE."""
+        argv: list[bytes | str | int] = [
+            self._payload_prefix,
+            sequence,
+            self._record_ttl_ms,
+            len(items),
+            0,  # the number of templates, set below
+        ]
+        numbers: dict[OperationCodec, int] = {}
+        body: list[bytes | str | int] = []
+        for item in items:
+            number = numbers.get(item.operation)
+            if number is None:
+                number = numbers[item.operation] = len(numbers) + 1
+                argv.extend(self._template(item.operation))
+            body.append(number)
+            body.append(item.millis)
+            body.append(len(item.extra))
+            if item.extra:
+                body.extend(item.extra)
+            body.extend(item.values)
+        argv[4] = len(numbers)
+        argv.extend(body)
+        return argv
+
+    async def write(self, items: list[Item]) -> list[EventId]:
+        """One atomic write of ITEMS, retried on transient errors until the timeout.
+
+        The caller has one batch in flight at a time (the producer's send lock),
+        so the batch record describes the batch being retried or an older one.
+        Raises :class:`BatchRefused` when Redis refuses the batch,
+        :class:`PublishTimeout` when it stays out of reach.
+        """
+        self.sequence += 1
+        sequence = str(self.sequence)
+        argv = self._argv(items, sequence)
+        deadline = time.monotonic() + self.options.publish_timeout
+        delay = 0.05
+        attempt = 0
+        script = self.backbone.scripts.publish
+        client = self.backbone.redis
+        keys = (self._stream, self.record_key)
+        wait = self.options.min_replicas
+        wait_ms = int(self.options.replica_timeout * 1000)
+        replicas = 0
+        while True:
+            attempt += 1
+            try:
+                remaining = deadline - time.monotonic()
+                async with asyncio.timeout(
+                    max(remaining, 0.001)
+                    + (self.options.replica_timeout if wait else 0)
+                ):
+                    reply, replicas = await script.append(
+                        client, keys, argv, replicas=wait, timeout_ms=wait_ms
+                    )
+                break
+            except (rex.ResponseError, rex.DataError) as exc:
+                if is_transient(exc):
+                    last_error: BaseException = exc
+                else:
+                    raise BatchRefused(
+                        f"Redis refused to append to {self._stream}: {exc}"
+                    ) from exc
+            except TimeoutError as exc:
+                last_error = exc
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                last_error = exc
+            # The outcome of the failed attempt is unknown: the same batch number
+            # lets the script return what an attempt that got through wrote.
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PublishTimeout(
+                    f"could not publish {len(items)} event(s) to {self._stream} within "
+                    f"{self.options.publish_timeout:g}s ({attempt} attempts); last "
+                    f"error: {type(last_error).__name__}: {last_error}. Check that "
+                    f"Redis at {self.backbone!r} is up, or raise "
+                    "ProducerOptions.publish_timeout"
+                ) from last_error
+            if attempt == 1:
+                log.warning(
+                    "publish to %s failed (%s: %s); retrying for up to %.1fs",
+                    self._stream,
+                    type(last_error).__name__,
+                    last_error,
+                    remaining,
+                    extra={"stream": self._stream, "events": len(items)},
+                )
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, 1.0)
+        stream = self._stream
+        status = reply.status
+        if status is PublishStatus.REFUSED:  # an earlier attempt's, answer lost
+            raise BatchRefused(f"Redis refused to append to {stream}: {reply.detail}")
+        if status is PublishStatus.STALE:
+            # Not met in normal runs: the answer to a stale attempt goes to a
+            # connection the producer has given up on.
+            raise PublishError(
+                f"batch {sequence} of this producer is older than batch "
+                f"{reply.detail}, the last one recorded for it on {stream}; "
+                "nothing was written (its events were written by an earlier "
+                "attempt, or their callers were told it failed)"
+            )
+        ids = [EventId(stream, raw) for raw in reply.ids]
+        if status is PublishStatus.DUPLICATE and len(ids) != len(items):
+            raise PublishError(
+                f"a retried batch of {len(items)} event(s) was already written to "
+                f"{self._stream}, but only {len(ids)} of its entries are still there "
+                "(trimmed meanwhile); the events are not written twice"
+            )
+        self.backbone.notify_written(self._stream)
+        if ids and log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "wrote %d event(s) to %s: %s..%s",
+                *(len(ids), stream, ids[0].id, ids[-1].id),
+                extra={"stream": stream, "events": len(ids)},
+            )
+        if wait and replicas < wait:
+            raise ReplicationTimeout(
+                f"{len(ids)} event(s) written to {self._stream}, but only {replicas} "
+                f"of {wait} replica(s) confirmed within "
+                f"{self.options.replica_timeout:g}s; they are on the primary and would "
+                "be lost only by a failover before the replicas catch up",
+                list(ids),
+                replicas,
+            )
+        return ids
