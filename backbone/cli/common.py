@@ -1,24 +1,45 @@
-"""What the commands share: consoles, common options, and running a coroutine
-so that a user's mistake or an unreachable server is one line and an exit code,
-never a traceback."""
+"""What the commands share: consoles, common options, checking entry ids, JSON of
+payload values, and running a coroutine so that a user's mistake or an
+unreachable server is one line and an exit code, never a traceback."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import datetime as dt
+import re
+import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, Any, Final, NoReturn, TextIO, TypeVar
 
 import redis.exceptions as rex
 import typer
 from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
 
 from ..connection import ENV_URL
 from ..errors import BackboneError
 
 T = TypeVar("T")
 
-console = Console()
-errors = Console(stderr=True)
+# Where output goes to a file or a pipe, lines are as long as their content:
+# a script must never see an id folded at the 80 columns rich assumes there.
+PIPE_WIDTH: Final = 4096
+
+
+def _console(stream: TextIO, *, stderr: bool) -> Console:
+    try:
+        terminal = stream.isatty()
+    except (AttributeError, ValueError):
+        terminal = False
+    return (
+        Console(stderr=stderr) if terminal else Console(stderr=stderr, width=PIPE_WIDTH)
+    )
+
+
+console = _console(sys.stdout, stderr=False)
+errors = _console(sys.stderr, stderr=True)
 
 RedisUrl = Annotated[
     str,
@@ -36,11 +57,89 @@ Uri = Annotated[
     str, typer.Option("--uri", "-u", help="Stream URI, e.g. hello.event-sourcing.")
 ]
 
+DEFAULT_URL: Final = "redis://127.0.0.1:6379/0"
+USAGE: Final = 2
+"""Exit code of a command line that cannot be right (as for an unknown option)."""
+
+_ENTRY_ID: Final = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+_MAX_PART: Final = 2**64 - 1
+
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print MESSAGE as one error line and exit with CODE."""
     errors.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def entry_id(text: str, what: str = "entry id") -> str:
+    """TEXT when it is a stream entry id (``<ms>-<seq>``, digits); otherwise end
+    the command with a line naming WHAT and the bad text (before anything is
+    sent to Redis)."""
+    match = _ENTRY_ID.fullmatch(text)
+    if match is None or max(int(match[1]), int(match[2])) > _MAX_PART:
+        fail(
+            f"{what} {text!r} is not an entry id: expected <ms>-<seq>, two numbers "
+            "below 2^64, e.g. 1764000000000-0",
+            USAGE,
+        )
+    return text
+
+
+def printable(value: bytes | str) -> str:
+    """VALUE as text safe to show on a terminal: as it is when it is UTF-8 and
+    every character prints, otherwise its Python repr (escapes visible)."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode()
+        except UnicodeDecodeError:
+            return repr(value)
+    return value if value.isprintable() else repr(value)
+
+
+def print_table(table: Table) -> None:
+    """Print TABLE no narrower than its columns that must not wrap need (ids):
+    on a narrow terminal the lines grow longer instead of folding an id."""
+    wide = console.options.update_width(PIPE_WIDTH)
+    needed = Measurement.get(console, wide, table).minimum
+    if needed <= console.width:
+        console.print(table)
+        return
+    saved = console.width
+    console.width = needed
+    try:
+        console.print(table)
+    finally:
+        console.width = saved
+
+
+def json_default(value: object) -> object:
+    """JSON for what msgpack payloads may hold beyond JSON's types."""
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return "base64:" + base64.b64encode(value).decode()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    return str(value)
+
+
+def jsonable(value: Any) -> Any:
+    """VALUE with every mapping key JSON can take (msgpack maps may have bytes,
+    tuple or other keys that json.dumps refuses)."""
+    if isinstance(value, dict):
+        return {_json_key(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def _json_key(key: object) -> object:
+    if key is None or isinstance(key, (str, int, float, bool)):
+        return key
+    return str(json_default(key))
 
 
 def run(factory: Callable[[], Awaitable[T]]) -> T:
@@ -50,10 +149,28 @@ def run(factory: Callable[[], Awaitable[T]]) -> T:
         return asyncio.run(factory())  # type: ignore[arg-type]
     except BackboneError as exc:
         fail(str(exc))
-    except (rex.ConnectionError, rex.TimeoutError, ConnectionError, OSError) as exc:
+    except rex.AuthenticationError as exc:
+        fail(
+            f"Redis refused the credentials ({exc}); check the user and password "
+            "in --redis-url or BACKBONE_REDIS_URL (redis://user:password@host:port/db)"
+        )
+    except (rex.TimeoutError, TimeoutError) as exc:
+        fail(
+            f"Redis did not answer in time ({type(exc).__name__}: {exc}); check "
+            "--redis-url or BACKBONE_REDIS_URL and that the server is up and not "
+            "overloaded"
+        )
+    except (rex.ConnectionError, ConnectionError, OSError) as exc:
         fail(
             f"cannot reach Redis ({type(exc).__name__}: {exc}); check --redis-url "
             "or BACKBONE_REDIS_URL and that the server is up"
         )
+    except rex.NoPermissionError as exc:
+        fail(
+            f"the Redis user may not run this command ({exc}); grant it to the user "
+            "in the server's ACL, or connect as another user"
+        )
     except rex.ResponseError as exc:
         fail(f"Redis refused the command: {exc}")
+    except rex.RedisError as exc:
+        fail(f"Redis failed ({type(exc).__name__}: {exc}); try again")

@@ -2,44 +2,57 @@
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
 import json
 import sys
-from collections.abc import Awaitable
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from ..connection import Backbone
 from ..deadletters import DeadLetter, DeadLetters
-from .common import Environment, RedisUrl, Uri, console, errors, run
+from .common import (
+    DEFAULT_URL,
+    USAGE,
+    Environment,
+    RedisUrl,
+    Uri,
+    console,
+    entry_id,
+    fail,
+    json_default,
+    jsonable,
+    print_table,
+    printable,
+    run,
+)
 
 dlq_app = typer.Typer(help="Inspect and re-drive dead letters.", no_args_is_help=True)
+
+Ids = Annotated[list[str] | None, typer.Argument(help="Dead letter ids.")]
+Everything = Annotated[bool, typer.Option("--all", help="Every dead letter.")]
+OfGroup = Annotated[str | None, typer.Option(help="With --all: only this group.")]
 
 
 def _letters_table(letters: list[DeadLetter]) -> Table:
     table = Table(show_lines=False)
-    for column in (
-        "dead letter",
-        "event",
-        "group",
-        "operation",
-        "reason",
-        "deliveries",
-        "error",
-    ):
+    # Ids are never folded nor cut: a folded id cannot be pasted into retry.
+    for column in ("dead letter", "event"):
+        table.add_column(column, no_wrap=True)
+    for column in ("group", "operation", "reason"):
         table.add_column(column, overflow="fold")
+    table.add_column("deliveries", justify="right")
+    table.add_column("error", overflow="fold")
     for letter in letters:
         table.add_row(
             letter.id,
-            letter.event_id.id,
-            letter.group,
-            letter.operation,
-            letter.reason,
+            Text(printable(letter.event_id.id)),
+            Text(printable(letter.group)),
+            Text(printable(letter.operation)),
+            Text(printable(letter.reason)),
             str(letter.deliveries),
-            f"{letter.error_type}: {letter.error_message}"[:120],
+            Text(printable(f"{letter.error_type}: {letter.error_message}"[:120])),
         )
     return table
 
@@ -50,7 +63,7 @@ def dlq_list(
     group: Annotated[str | None, typer.Option(help="Only this consumer group.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="Most dead letters to list.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines output.")] = False,
-    redis_url: RedisUrl = "redis://127.0.0.1:6379/0",
+    redis_url: RedisUrl = DEFAULT_URL,
     environment: Environment = "dev",
 ) -> None:
     """List dead letters, oldest first."""
@@ -64,28 +77,16 @@ def dlq_list(
     if as_json:
         for letter in found:
             sys.stdout.write(
-                json.dumps(_letter_json(letter), default=_json_default) + "\n"
+                json.dumps(jsonable(_letter_json(letter)), default=json_default) + "\n"
             )
         return
     console.print(
-        f"{total} dead letter(s) in stream {uri!r} ({environment})", highlight=False
+        f"{total} dead letter(s) in stream {uri!r} ({environment})",
+        highlight=False,
+        markup=False,
     )
     if found:
-        console.print(_letters_table(found))
-
-
-def _json_default(value: object) -> object:
-    """JSON for what msgpack payloads may hold beyond JSON's types."""
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        try:
-            return value.decode()
-        except UnicodeDecodeError:
-            return "base64:" + base64.b64encode(value).decode()
-    if isinstance(value, (set, frozenset)):
-        return sorted(value, key=repr)
-    return str(value)
+        print_table(_letters_table(found))
 
 
 def _letter_json(
@@ -114,10 +115,11 @@ def _letter_json(
 def dlq_show(
     dead_letter_id: Annotated[str, typer.Argument(help="The dead letter's id.")],
     uri: Uri,
-    redis_url: RedisUrl = "redis://127.0.0.1:6379/0",
+    redis_url: RedisUrl = DEFAULT_URL,
     environment: Environment = "dev",
 ) -> None:
     """Show one dead letter with its error, metadata and payload."""
+    entry_id(dead_letter_id, "dead letter id")
 
     async def go() -> tuple[DeadLetter, dict[str, Any]] | None:
         async with Backbone(redis_url, environment=environment) as bus:
@@ -129,75 +131,107 @@ def dlq_show(
 
     found = run(go)
     if found is None:
-        errors.print(f"no dead letter {dead_letter_id} in stream {uri!r}")
-        raise typer.Exit(1)
+        fail(_not_found([dead_letter_id], uri, environment, "nothing to show"))
     letter, payload = found
-    console.print_json(json.dumps(_letter_json(letter, payload), default=_json_default))
+    console.print_json(
+        json.dumps(jsonable(_letter_json(letter, payload)), default=json_default)
+    )
 
 
-def _resolve_ids(
-    letters: DeadLetters, ids: list[str] | None, everything: bool, group: str | None
-) -> Awaitable[list[str]]:
-    async def resolve() -> list[str]:
-        if everything:
-            return await letters.all_ids(group=group)
-        return list(ids or [])
+def _not_found(ids: list[str], uri: str, environment: str, outcome: str) -> str:
+    what = "no dead letter" if len(ids) == 1 else "no dead letters"
+    return (
+        f"{what} {', '.join(ids)} in stream {uri!r} (environment {environment!r}); "
+        f"{outcome}; list them with: backbone dlq list --uri {uri} "
+        f"--environment {environment}"
+    )
 
-    return resolve()
+
+def _chosen(ids: list[str] | None, everything: bool, group: str | None) -> list[str]:
+    """The ids named on the command line, checked (empty with --all)."""
+    if ids and everything:
+        fail("name dead letter ids or pass --all, not both", USAGE)
+    if not ids and not everything:
+        fail("name dead letter ids, or pass --all", USAGE)
+    if group is not None and not everything:
+        fail("--group chooses among all dead letters: use it with --all", USAGE)
+    return [entry_id(text, "dead letter id") for text in ids or []]
+
+
+async def _existing(
+    letters: DeadLetters, ids: list[str], everything: bool, group: str | None
+) -> tuple[list[str], list[str]]:
+    """The dead letters to act on, and the named ids that are not dead letters."""
+    if everything:
+        return await letters.all_ids(group=group), []
+    unknown = [text for text in ids if await letters.get(text) is None]
+    return ids, unknown
 
 
 @dlq_app.command("retry")
 def dlq_retry(
     uri: Uri,
-    ids: Annotated[list[str] | None, typer.Argument(help="Dead letter ids.")] = None,
-    everything: Annotated[
-        bool, typer.Option("--all", help="Every dead letter.")
-    ] = False,
-    group: Annotated[
-        str | None, typer.Option(help="With --all: only this group.")
-    ] = None,
-    redis_url: RedisUrl = "redis://127.0.0.1:6379/0",
+    ids: Ids = None,
+    everything: Everything = False,
+    group: OfGroup = None,
+    redis_url: RedisUrl = DEFAULT_URL,
     environment: Environment = "dev",
 ) -> None:
-    """Re-drive dead letters to their consumer group."""
-    if not ids and not everything:
-        errors.print("name dead letter ids, or pass --all")
-        raise typer.Exit(2)
+    """Re-drive dead letters to their consumer group.
 
-    async def go() -> int:
+    Named ids must all be dead letters, or nothing is re-driven."""
+    named = _chosen(ids, everything, group)
+
+    async def go() -> tuple[int, int, list[str]]:
         async with Backbone(redis_url, environment=environment) as bus:
             letters = DeadLetters(bus, uri)
-            chosen = await _resolve_ids(letters, ids, everything, group)
-            return len(await letters.retry(chosen))
+            chosen, unknown = await _existing(letters, named, everything, group)
+            if unknown:
+                return 0, 0, unknown
+            return len(chosen), len(await letters.retry(chosen)), []
 
-    console.print(f"re-driven: {run(go)}", highlight=False)
+    wanted, done, unknown = run(go)
+    if unknown:
+        fail(_not_found(unknown, uri, environment, "nothing was re-driven"))
+    console.print(f"re-driven: {done}", highlight=False)
+    if done < wanted:
+        fail(
+            f"{wanted - done} of the {wanted} dead letters were gone before they "
+            "could be re-driven (another retry or purge at the same time?)"
+        )
 
 
 @dlq_app.command("purge")
 def dlq_purge(
     uri: Uri,
-    ids: Annotated[list[str] | None, typer.Argument(help="Dead letter ids.")] = None,
-    everything: Annotated[
-        bool, typer.Option("--all", help="Every dead letter.")
-    ] = False,
-    group: Annotated[
-        str | None, typer.Option(help="With --all: only this group.")
-    ] = None,
+    ids: Ids = None,
+    everything: Everything = False,
+    group: OfGroup = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
-    redis_url: RedisUrl = "redis://127.0.0.1:6379/0",
+    redis_url: RedisUrl = DEFAULT_URL,
     environment: Environment = "dev",
 ) -> None:
-    """Delete dead letters and their payload copies for good."""
-    if not ids and not everything:
-        errors.print("name dead letter ids, or pass --all")
-        raise typer.Exit(2)
+    """Delete dead letters and their payload copies for good.
+
+    Named ids must all be dead letters, or nothing is deleted."""
+    named = _chosen(ids, everything, group)
     if everything and not yes:
         typer.confirm(f"delete every dead letter of {uri!r}?", abort=True)
 
-    async def go() -> int:
+    async def go() -> tuple[int, int, list[str]]:
         async with Backbone(redis_url, environment=environment) as bus:
             letters = DeadLetters(bus, uri)
-            chosen = await _resolve_ids(letters, ids, everything, group)
-            return await letters.purge(chosen)
+            chosen, unknown = await _existing(letters, named, everything, group)
+            if unknown:
+                return 0, 0, unknown
+            return len(chosen), await letters.purge(chosen), []
 
-    console.print(f"purged: {run(go)}", highlight=False)
+    wanted, done, unknown = run(go)
+    if unknown:
+        fail(_not_found(unknown, uri, environment, "nothing was purged"))
+    console.print(f"purged: {done}", highlight=False)
+    if done < wanted:
+        fail(
+            f"{wanted - done} of the {wanted} dead letters were gone before they "
+            "could be purged (another retry or purge at the same time?)"
+        )
