@@ -1,0 +1,123 @@
+"""``backbone run``: run subscription factories as a long-lived service."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+from ..errors import BackboneError
+from ..worker import WorkerSettings, load_factory, run_worker, supervise
+from .common import RedisUrl, fail
+
+app = typer.Typer()
+
+LEVELS = ("debug", "info", "warning", "error")
+
+
+def configure_logging(level: str) -> None:
+    """One log format for the commands that run for long."""
+    if level.lower() not in LEVELS:
+        fail(f"--log-level {level!r} is not one of {', '.join(LEVELS)}", code=2)
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s",
+    )
+
+
+@app.command("run")
+def run_command(
+    targets: Annotated[
+        list[str],
+        typer.Argument(
+            help="Subscription factories, module:function (each takes a "
+            "backbone.Backbone and returns subscriptions).",
+            show_default=False,
+        ),
+    ],
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1, max=256, envvar="BACKBONE_WORKERS", help="Worker processes."
+        ),
+    ] = 1,
+    redis_url: RedisUrl = "redis://127.0.0.1:6379/0",
+    environment: Annotated[
+        str,
+        typer.Option(
+            "--environment",
+            "-e",
+            envvar="BACKBONE_ENVIRONMENT",
+            help="Environment part of stream keys.",
+        ),
+    ] = "dev",
+    log_level: Annotated[
+        str,
+        typer.Option(envvar="BACKBONE_LOG_LEVEL", help="debug, info, warning, error."),
+    ] = "warning",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            envvar="BACKBONE_METRICS_PORT",
+            help="Serve Prometheus metrics on this port (needs backbone[telemetry]).",
+        ),
+    ] = None,
+    metrics_addr: Annotated[
+        str,
+        typer.Option(
+            envvar="BACKBONE_METRICS_ADDR", help="Address of the metrics port."
+        ),
+    ] = "127.0.0.1",
+) -> None:
+    """Run subscriptions as a service until SIGTERM or SIGINT (graceful stop)."""
+    configure_logging(log_level)
+    settings = WorkerSettings(
+        tuple(targets),
+        redis_url,
+        environment,
+        metrics_port,
+        metrics_addr,
+    )
+    try:
+        for target in targets:
+            load_factory(target)  # fail fast, before any process starts
+    except BackboneError as exc:
+        fail(str(exc), code=2)
+    if workers > 1:
+        if metrics_port is not None:
+            fail(
+                "--metrics-port serves one process; with --workers N give each "
+                "worker its own port (run N commands) or omit it",
+                code=2,
+            )
+        command = [
+            sys.executable,
+            "-m",
+            "backbone",
+            "run",
+            *targets,
+            "--workers",
+            "1",
+            "--redis-url",
+            redis_url,
+            "--environment",
+            environment,
+            "--log-level",
+            log_level,
+        ]
+        raise typer.Exit(supervise(command, workers))
+    try:
+        code = asyncio.run(run_worker(settings))
+    except BackboneError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(
+            f"cannot reach Redis ({type(exc).__name__}: {exc}); check --redis-url "
+            "or BACKBONE_REDIS_URL and that the server is up"
+        )
+    raise typer.Exit(code)
