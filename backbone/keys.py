@@ -30,7 +30,7 @@ PREFIX: Final = "bb"
 
 def validate_part(what: str, value: str, *, pattern: re.Pattern[str] = _PART_RE) -> str:
     """Check an environment, URI, group or consumer name; return it unchanged."""
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         allowed = "letters, digits and _ . - /"
         if pattern is _GROUP_RE:
             allowed += " : @"

@@ -20,6 +20,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..options import AckPolicy
 from .delivery import Delivery
 
 if TYPE_CHECKING:
@@ -245,8 +246,6 @@ class SubscriptionState:
         options: SubscriptionOptions,
         name: str,
     ) -> None:
-        from ..options import AckPolicy
-
         self.backbone = backbone
         self.redis: aioredis.Redis = backbone.redis
         self.keys = keys
