@@ -258,6 +258,11 @@ def test_bad_start_is_refused_before_redis(start: str, message: str) -> None:
     assert_one_error_line(result, 2, message, "<ms>-<seq>")
 
 
+def test_a_bad_log_level_is_refused() -> None:
+    result = backbone_cli(*tail_cli(down_url(), "dev", "--log-level", "loud"))
+    assert_one_error_line(result, 2, "--log-level 'loud' is not one of", "debug")
+
+
 def test_redis_down() -> None:
     result = backbone_cli(*tail_cli(down_url(), "dev"))
     assert_one_error_line(result, 1, "cannot reach Redis", "--redis-url")

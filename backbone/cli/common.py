@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import logging
 import re
 import sys
 from collections.abc import Awaitable, Callable
@@ -174,3 +175,22 @@ def run(factory: Callable[[], Awaitable[T]]) -> T:
         fail(f"Redis refused the command: {exc}")
     except rex.RedisError as exc:
         fail(f"Redis failed ({type(exc).__name__}: {exc}); try again")
+
+
+LEVELS: Final = ("debug", "info", "warning", "error")
+LogLevel = Annotated[
+    str,
+    typer.Option(
+        "--log-level", envvar="BACKBONE_LOG_LEVEL", help="debug, info, warning, error."
+    ),
+]
+
+
+def configure_logging(level: str) -> None:
+    """One log format (to stderr) for the commands that run for long."""
+    if level.lower() not in LEVELS:
+        fail(f"--log-level {level!r} is not one of {', '.join(LEVELS)}", code=2)
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s",
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from typing import Annotated
 
@@ -11,21 +10,9 @@ import typer
 
 from ..errors import BackboneError
 from ..worker import WorkerSettings, load_factory, run_worker, supervise
-from .common import RedisUrl, fail
+from .common import LogLevel, RedisUrl, configure_logging, fail
 
 app = typer.Typer()
-
-LEVELS = ("debug", "info", "warning", "error")
-
-
-def configure_logging(level: str) -> None:
-    """One log format for the commands that run for long."""
-    if level.lower() not in LEVELS:
-        fail(f"--log-level {level!r} is not one of {', '.join(LEVELS)}", code=2)
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s",
-    )
 
 
 @app.command("run")
@@ -54,10 +41,7 @@ def run_command(
             help="Environment part of stream keys.",
         ),
     ] = "dev",
-    log_level: Annotated[
-        str,
-        typer.Option(envvar="BACKBONE_LOG_LEVEL", help="debug, info, warning, error."),
-    ] = "warning",
+    log_level: LogLevel = "warning",
     metrics_port: Annotated[
         int | None,
         typer.Option(

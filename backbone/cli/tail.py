@@ -40,7 +40,9 @@ from .common import (
     DEFAULT_URL,
     USAGE,
     Environment,
+    LogLevel,
     RedisUrl,
+    configure_logging,
     entry_id,
     errors,
     fail,
@@ -91,9 +93,11 @@ def tail(
     ] = False,
     redis_url: RedisUrl = DEFAULT_URL,
     environment: Environment = "dev",
+    log_level: LogLevel = "warning",
 ) -> None:
     """Print a stream's events as they arrive, without joining a group.
     Ctrl-C or SIGTERM ends it."""
+    configure_logging(log_level)
     cursor = _cursor(start)
     where = "from the beginning" if start == "beginning" else f"from {start}"
     show = _json_line if as_json else _text_line
