@@ -202,16 +202,22 @@ class Backbone:
             )
         # backbone retries by itself where it is safe to (publishes carry a batch
         # record), so the client must never resend a command on its own.
-        client = aioredis.Redis.from_url(
-            url,
-            retry=Retry(NoBackoff(), 0),
-            socket_connect_timeout=connect_timeout,
-            socket_timeout=command_timeout,
-            socket_keepalive=True,
-            health_check_interval=30,
-            client_name=client_name,
-            max_connections=max_connections,
-        )
+        try:
+            client = aioredis.Redis.from_url(
+                url,
+                retry=Retry(NoBackoff(), 0),
+                socket_connect_timeout=connect_timeout,
+                socket_timeout=command_timeout,
+                socket_keepalive=True,
+                health_check_interval=30,
+                client_name=client_name,
+                max_connections=max_connections,
+            )
+        except (ValueError, TypeError) as exc:  # a port out of range, a bad db...
+            raise ConfigurationError(
+                f"Redis URL {_redact(url)!r} is not valid ({exc}); use "
+                "redis://host:port/db with a port from 1 to 65535"
+            ) from None
         pool = client.connection_pool
         pool.connection_class = _PACKING.get(
             pool.connection_class, pool.connection_class

@@ -59,7 +59,9 @@ class DeadLetterReason(enum.StrEnum):
 # by from_entry(); "m:<name>" fields copy the event's stream entry.
 _ID, _GROUP, _CONSUMER, _HANDLER = "id", "g", "cn", "h"
 _REASON, _ERROR_TYPE, _ERROR_MESSAGE, _TRACEBACK = "r", "et", "em", "tb"
-_DELIVERIES, _AT, _META = "n", "at", "m:"
+_DELIVERIES, _AT, _META, _NOT_COPIED = "n", "at", "m:", "mx"
+# Most fields of the event's entry a dead letter copies ("mx": how many more).
+MAX_COPIED_FIELDS: Final = 1000
 GROUP_FIELD: Final = _GROUP
 
 
@@ -149,7 +151,12 @@ class DeadLetter:
         ]
         if self.traceback:
             fields += [_TRACEBACK, self.traceback]
-        for name, value in entry_fields.items():
+        for copied, (name, value) in enumerate(entry_fields.items()):
+            if copied == MAX_COPIED_FIELDS:
+                # An entry of thousands of fields is garbage, not an event; Lua
+                # could not even pass them all to XADD.
+                fields += [_NOT_COPIED, str(len(entry_fields) - copied)]
+                break
             fields += [_META.encode() + name, value]
         return fields
 
@@ -288,6 +295,23 @@ class DeadLetters:
                 deleted, _ = await pipe.execute()
             removed += int(deleted)
         return removed
+
+    async def of_event(self, event_id: str) -> builtins.list[DeadLetter]:
+        """The dead letters of the event EVENT_ID (one per group that gave up on
+        it), oldest first: logs name events by their own id."""
+        found: builtins.list[DeadLetter] = []
+        start = "-"
+        while True:
+            page = await self.backbone.redis.xrange(
+                self.keys.dead_letters, min=start, max="+", count=1000
+            )
+            if not page:
+                return found
+            for entry_id, fields in page:
+                letter = DeadLetter.from_entry(self.keys.stream, entry_id, fields)
+                if letter.event_id.id == event_id:
+                    found.append(letter)
+            start = "(" + as_text(page[-1][0])
 
     async def all_ids(self, *, group: str | None = None) -> builtins.list[str]:
         """Every dead letter's id (of GROUP only, when given)."""

@@ -202,15 +202,19 @@ class GroupScript(Script):
         group: str,
         last_id: str,
         last_fields: Sequence[bytes | str] | None,
+        start_after: str | None = None,
     ) -> tuple[bool, str]:
-        """(whether this call created the group, the id it starts after). With
-        LAST_FIELDS None (unknown), the group starts at the beginning."""
+        """(whether this call created the group, the id it starts after). When
+        the stream still holds LAST_ID with LAST_FIELDS, the group goes on after
+        START_AFTER (default LAST_ID); else, or with LAST_FIELDS None (unknown),
+        it starts at the beginning."""
         created, position = await self.run(
             client,
             (stream,),
             (
                 group,
                 last_id,
+                start_after or last_id,
                 "0" if last_fields is None else "1",
                 *(last_fields or ()),
             ),

@@ -161,6 +161,12 @@ class TestBus(Backbone):
 
         Raises :class:`TimeoutError` naming what is still unfinished.
         """
+        unstarted = [s for s in self.subscriptions if not s.started]
+        if unstarted:
+            raise RuntimeError(
+                f"{', '.join(repr(s) for s in unstarted)} was made but never "
+                "started: `await` it, or use it in `async with`, before draining"
+            )
         deadline = time.monotonic() + timeout
         while True:
             waiting = [s for s in self.subscriptions if not await self._idle(s)]

@@ -30,14 +30,23 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from .connection import Backbone
 from .consume import Subscription
-from .errors import ConfigurationError
+from .errors import BackboneError, ConfigurationError
 
-__all__ = ["Factory", "WorkerSettings", "load_factory", "run_worker", "supervise"]
+__all__ = [
+    "START_FAILED",
+    "Factory",
+    "StartError",
+    "WorkerSettings",
+    "load_factory",
+    "run_worker",
+    "supervise",
+]
 
 log = logging.getLogger("backbone.worker")
 
@@ -45,6 +54,9 @@ Made = Subscription | Iterable[Subscription]
 Factory = Callable[[Backbone], Made | Awaitable[Made]]
 
 _RESTART_DELAY = 1.0
+_STABLE_AFTER = 60.0
+START_FAILED = 3
+"""Exit status of a worker whose subscriptions could not start."""
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -67,6 +79,15 @@ def load_factory(target: str) -> Factory:
             f"{target!r} is not module:attribute (for example "
             "myservice.workers:inventory)"
         )
+    if module_name.endswith(".py") or not all(
+        part.isidentifier() for part in module_name.split(".")
+    ):
+        hint = module_name.removesuffix(".py").replace("/", ".").strip(".")
+        raise ConfigurationError(
+            f"{module_name!r} in {target!r} is not a module name; name the module "
+            f"as Python imports it (for example {hint}:{attr}), from the directory "
+            "that holds it"
+        )
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())  # as `python -m` would, for the user's code
     try:
@@ -77,7 +98,15 @@ def load_factory(target: str) -> Factory:
                 f"cannot import {module_name!r} for {target!r}: no such module "
                 f"(run from the directory that holds it, or install it)"
             ) from None
-        raise
+        raise ConfigurationError(
+            f"importing {module_name!r} for {target!r} failed: "
+            f"{type(exc).__name__}: {exc}{_where(exc)}"
+        ) from None
+    except Exception as exc:
+        raise ConfigurationError(
+            f"importing {module_name!r} for {target!r} failed: "
+            f"{type(exc).__name__}: {exc}{_where(exc)}"
+        ) from None
     found: object = module
     for part in attr.split("."):
         try:
@@ -88,31 +117,60 @@ def load_factory(target: str) -> Factory:
             ) from None
     if not callable(found):
         raise ConfigurationError(
-            f"{target!r} is a {type(found).__name__}, not a function taking a "
+            f"{target!r} is {_article(type(found).__name__)}, not a function taking a "
             "backbone.Backbone and returning subscriptions"
         )
     return found
 
 
+class StartError(ConfigurationError):
+    """A worker could not start its subscriptions (a factory failed, or returned
+    something else than subscriptions): restarting it would fail again."""
+
+
+def _where(exc: BaseException) -> str:
+    """` (file:line)` of the innermost frame of EXC's traceback, if any."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+
+
 async def _subscriptions(factory: Factory, bus: Backbone, target: str) -> list[Any]:
-    made: Any = factory(bus)
-    if inspect.isawaitable(made):
-        made = await made
-    items = [made] if isinstance(made, Subscription) else list(made or ())
+    try:
+        made: Any = factory(bus)
+        if inspect.isawaitable(made):
+            made = await made
+    except BackboneError as exc:
+        raise StartError(f"{target}: {exc}") from None
+    except Exception as exc:
+        raise StartError(
+            f"{target} raised {type(exc).__name__}: {exc}{_where(exc)}"
+        ) from None
+    if isinstance(made, Subscription):
+        items: list[Any] = [made]
+    elif isinstance(made, Iterable) and not isinstance(made, (str, bytes)):
+        items = list(made)
+    else:
+        items = [made]
     for item in items:
         if not isinstance(item, Subscription):
-            raise ConfigurationError(
-                f"{target} returned a {type(item).__name__}; a factory returns the "
-                "subscription(s) made by subscribe_<contract>(...)"
+            raise StartError(
+                f"{target} returned {_article(type(item).__name__)}; a factory "
+                "returns the subscription(s) made by subscribe_<contract>(...)"
             )
     if not items:
-        raise ConfigurationError(f"{target} returned no subscription")
+        raise StartError(f"{target} returned no subscription")
     return items
 
 
+def _article(name: str) -> str:
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
 async def run_worker(settings: WorkerSettings) -> int:
-    """Run one worker process until a signal (exit code 0) or until one of its
-    subscriptions fails (1)."""
+    """Run one worker process until a signal (exit code 0), until one of its
+    subscriptions fails (1). A second signal during the graceful stop ends the
+    process at once (130): events being handled stay pending for the group.
+    Raises :class:`StartError` when a factory cannot make its subscriptions."""
     factories = [(target, load_factory(target)) for target in settings.targets]
     async with Backbone(settings.redis_url, environment=settings.environment) as bus:
         if settings.metrics_port is not None:
@@ -123,8 +181,28 @@ async def run_worker(settings: WorkerSettings) -> int:
         subscriptions: list[Subscription] = []
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal(sig: signal.Signals) -> None:
+            if not stopping.is_set():
+                log.warning(
+                    "worker %d: %s received, stopping (handlers finish first; "
+                    "send it again to stop at once)",
+                    os.getpid(),
+                    sig.name,
+                )
+                stopping.set()
+                return
+            log.warning(
+                "worker %d: %s received again, stopping at once; events being "
+                "handled stay pending for the group",
+                os.getpid(),
+                sig.name,
+            )
+            logging.shutdown()
+            os._exit(130)
+
         for sig in _STOP_SIGNALS:
-            loop.add_signal_handler(sig, stopping.set)
+            loop.add_signal_handler(sig, on_signal, sig)
         try:
             for target, factory in factories:
                 for sub in await _subscriptions(factory, bus, target):
@@ -136,11 +214,12 @@ async def run_worker(settings: WorkerSettings) -> int:
             )
             failed = await _until_stop_or_failure(subscriptions, stopping)
         finally:
-            for sig in _STOP_SIGNALS:
-                loop.remove_signal_handler(sig)
+            # Stopped (or a factory failed): stop what started, signals still ours.
             await asyncio.gather(
                 *(sub.stop() for sub in subscriptions), return_exceptions=True
             )
+            for sig in _STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
         log.warning("worker %d stopped", os.getpid())
         return 1 if failed else 0
 
@@ -171,28 +250,38 @@ async def _until_stop_or_failure(
 
 def supervise(command: Sequence[str], workers: int) -> int:
     """Run WORKERS processes of COMMAND (a single-worker ``backbone run``),
-    forward SIGTERM/SIGINT to them, restart one that dies, and return when all
-    have stopped after a signal (0), or the highest exit code when they could
-    not be kept running."""
+    forward SIGTERM/SIGINT to them, and restart one that dies, with a growing
+    delay. Returns when all have stopped: after a signal, 0 when each stopped
+    gracefully (else the highest exit status); at once, with its status, when a
+    worker could not start (:data:`START_FAILED`: restarting would fail again).
+    """
     stopping = False
     processes: dict[int, subprocess.Popen[bytes]] = {}
 
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+    def stop_all() -> None:
         for process in processes.values():
             if process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(signal.SIGTERM)
 
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        stop_all()
+
     previous = {sig: signal.signal(sig, on_signal) for sig in _STOP_SIGNALS}
-    codes: list[int] = []
+    after_stop: list[int] = []
+    gave_up: int | None = None
+    delay = _RESTART_DELAY
     try:
+        started: dict[int, float] = {}
+        indexes: dict[int, int] = {}
         for index in range(workers):
             process = _spawn(command, index)
             processes[process.pid] = process
+            started[process.pid] = time.monotonic()
+            indexes[process.pid] = index
         log.warning("supervising %d worker process(es)", workers)
-        indexes = {pid: i for i, pid in enumerate(processes)}
         while any(p.returncode is None for p in processes.values()):
             try:
                 pid, status = os.waitpid(-1, 0)  # retried after signal handlers
@@ -201,30 +290,50 @@ def supervise(command: Sequence[str], workers: int) -> int:
             ended = processes.get(pid)
             if ended is None:
                 continue
-            ended.returncode = os.waitstatus_to_exitcode(status)
-            codes.append(ended.returncode)
+            code = ended.returncode = _exit_status(status)
             if stopping:
+                after_stop.append(code)
                 continue
+            if code == START_FAILED:
+                log.error(
+                    "worker process %d could not start (exit %d); stopping the "
+                    "others: starting again would fail the same way",
+                    pid,
+                    code,
+                )
+                gave_up = code
+                stopping = True
+                stop_all()
+                continue
+            lived = time.monotonic() - started.pop(pid)
+            delay = _RESTART_DELAY if lived > _STABLE_AFTER else min(delay * 2, 30.0)
             log.error(
                 "worker process %d exited with %d; restarting it in %.0fs",
                 pid,
-                ended.returncode,
-                _RESTART_DELAY,
+                code,
+                delay,
             )
-            time.sleep(_RESTART_DELAY)
+            time.sleep(delay)
             if stopping:
                 continue
             index = indexes.pop(pid)
             del processes[pid]
             fresh = _spawn(command, index)
             processes[fresh.pid] = fresh
+            started[fresh.pid] = time.monotonic()
             indexes[fresh.pid] = index
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if stopping:
-        return 0
-    return max(codes, default=0)
+    if gave_up is not None:
+        return gave_up
+    return max(after_stop, default=0)
+
+
+def _exit_status(status: int) -> int:
+    """A wait status as a shell would report it (128 + N for signal N)."""
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
 
 
 def _spawn(command: Sequence[str], index: int) -> subprocess.Popen[bytes]:

@@ -233,6 +233,24 @@ MUTANTS: tuple[Mutant, ...] = (
         "a group lost before the first read starts over at the stream's beginning",
     ),
     Mutant(
+        "group-forgets-held-events",
+        "backbone/consume/group.py",
+        "                start_after = before(oldest)",
+        "                pass",
+        (
+            f"{GROUP_LOSS}::test_events_held_when_the_group_vanishes_are_pending_again",
+        ),
+        "events held when the group vanished are in no pending list: a crash loses them",
+    ),
+    Mutant(
+        "handler-base-exception-kills-the-worker",
+        "backbone/consume/workers.py",
+        "            except BaseException as exc:\n                # A handler's failure",
+        "            except Exception as exc:\n                # A handler's failure",
+        ("tests/test_lifecycle.py::test_a_handler_raising_anything_fails_like_any_handler",),
+        "a handler raising GeneratorExit or a BaseException kills its worker silently",
+    ),
+    Mutant(
         "unstarted-events-handled-on-stop",
         "backbone/consume/subscription.py",
         "        state.window.drop_unstarted()\n",
@@ -245,8 +263,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "start-fails-during-an-outage",
         "backbone/consume/subscription.py",
-        "            if not is_transient(exc):\n                raise\n",
-        "            raise\n",
+        "                if not is_transient(exc):\n                    raise\n",
+        "                raise\n",
         (f"{EDGES}::test_start_during_an_outage_keeps_the_requested_start",),
         "a subscription started while Redis is away fails instead of waiting",
     ),
@@ -329,8 +347,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "group-recreated-without-comparing-fields",
         "backbone/lua/group.lua",
-        "    if same then start = ARGV[2] end",
-        "    start = ARGV[2]",
+        "    if same then start = ARGV[3] end",
+        "    start = ARGV[3]",
         (
             f"{GROUP_LOSS}::test_an_entry_with_the_last_seen_id_but_other_fields_is_not_the_same",
         ),

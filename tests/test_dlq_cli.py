@@ -333,3 +333,21 @@ async def test_ids_are_never_folded(
     assert letter_id in shown
     assert event.id in shown
     assert "1 dead letter(s)" in shown
+
+
+async def test_an_event_id_finds_its_dead_letter(
+    real_bus: backbone.Backbone, real_url: str, environment: str
+) -> None:
+    """Logs name the event (`dead-lettered <event id>`): the commands take that
+    id too, and say which dead letter it is."""
+    event, letter_id = await dead_letter(real_bus, "billing")
+    shown = dlq_cli(real_url, environment, "show", event.id)
+    assert shown.returncode == 0, shown.stderr
+    assert f'"id": "{letter_id}"' in shown.stdout
+    assert f"{event.id} is an event id; its dead letter is {letter_id}" in (
+        shown.stderr
+    )
+    retried = dlq_cli(real_url, environment, "retry", event.id)
+    assert retried.returncode == 0, retried.stderr
+    assert "re-driven: 1" in retried.stdout
+    assert await backbone.DeadLetters(real_bus, URI).get(letter_id) is None

@@ -225,3 +225,29 @@ async def test_a_producer_inside_a_handler_survives_odd_metadata(
     (answer,) = answered
     (entry,) = await bus.redis.xrange(answer.stream)
     assert entry[1][b"ca"] == f"{stream}/{entry_id}".encode()
+
+
+async def test_an_entry_of_thousands_of_fields_is_dead_lettered(
+    bus: backbone.Backbone,
+) -> None:
+    """Lua passes at most about 8,000 values to one command: the dead letter
+    copies the first thousand fields and counts the rest."""
+    stream = bus.keys(URI).stream
+    wide = {f"f{i}": "x" for i in range(5000)}
+    no_operation = (await bus.redis.xadd(stream, wide)).decode()
+    unknown = (await bus.redis.xadd(stream, {"o": "returned", **wide})).decode()
+    (good,) = await publish(bus, 1)
+    handler = Flaky()
+    async with subscribe_shipment_tracking(
+        bus, URI, handler, group="g", start=BEGINNING
+    ) as sub:
+        await eventually(lambda: handler.ids == [good], message="good event")
+        await eventually(lambda: settled(bus, sub), message="pending drained")
+    letters = {
+        letter.event_id.id: letter
+        for letter in await backbone.DeadLetters(bus, URI).list()
+    }
+    assert letters[no_operation].reason == "malformed-entry"
+    assert letters[unknown].reason == "unknown-operation"
+    assert len(letters[unknown].metadata) == 1000
+    assert letters[unknown].operation == "returned"

@@ -4,6 +4,7 @@ restarted empty with its clock behind, a replica that lagged)."""
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 import time
 from pathlib import Path
@@ -184,3 +185,34 @@ async def test_a_real_restart_without_persistence_with_lower_ids_skips_nothing(
                 assert handler.ids == [old, *later]
         finally:
             server.stop()
+
+
+async def test_events_held_when_the_group_vanishes_are_pending_again(
+    bus: backbone.Backbone,
+) -> None:
+    """The vanished group's pending list is gone: the recreated group must hold
+    the events this consumer had read and not yet acked, or a crash (here: a
+    stop that cuts the handler short) would lose them."""
+    held = await publish(bus, 5, start=0)
+    stuck = Flaky(gate=asyncio.Event())
+    options = backbone.SubscriptionOptions(
+        block=0.2, claim_idle=30.0, shutdown_timeout=0.05
+    )
+    sub = await subscribe_shipment_tracking(
+        bus, URI, stuck, group="g", consumer="c1", start=BEGINNING, options=options
+    )
+    await eventually(lambda: stuck.running == 1 and sub.in_flight == 5)
+    await bus.redis.xgroup_destroy(bus.keys(URI).stream, "g")
+    (late,) = await publish(bus, 1, start=5)
+    await eventually(lambda: sub.stats.groups_recreated == 1, message="recreated")
+    await eventually(lambda: sub.in_flight == 6, message="the late event read")
+    await sub.stop()
+    info = await bus.redis.xpending(bus.keys(URI).stream, "g")
+    assert info["pending"] == 6
+    handler = Flaky()
+    async with subscribe_shipment_tracking(
+        bus, URI, handler, group="g", consumer="c1", options=options
+    ) as again:
+        await eventually(lambda: handler.count() == 6, message="all handled")
+        await eventually(lambda: again.in_flight == 0, message="acked")
+    assert sorted(handler.ids) == sorted([*held, late])

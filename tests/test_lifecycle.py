@@ -183,3 +183,121 @@ async def test_a_partial_handler_is_still_checked(bus: backbone.Backbone) -> Non
         subscribe_shipment_tracking(bus, URI, BadPacking(), group="g", partial=True)
     with pytest.raises(backbone.ContractError, match="implements no operation"):
         subscribe_shipment_tracking(bus, URI, object(), group="g", partial=True)
+
+
+# --- handlers that do odd things --------------------------------------------------
+
+
+class Odd(Exception):
+    pass
+
+
+class OddBase(BaseException):
+    pass
+
+
+def raising(kind: str) -> type[Flaky]:
+    class Raising(Flaky):
+        async def packing(
+            self,
+            email: str,
+            product_id: int,
+            time: dt.datetime,
+            *,
+            context: backbone.EventContext = backbone.NO_CONTEXT,
+        ) -> None:
+            self.attempts[context.id.id] += 1
+            if kind == "generator-exit":
+                raise GeneratorExit
+            if kind == "base-exception":
+                raise OddBase("not an Exception")
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            await asyncio.sleep(1)  # the cancel lands here
+
+    return Raising
+
+
+@pytest.mark.parametrize("kind", ["generator-exit", "base-exception", "self-cancel"])
+async def test_a_handler_raising_anything_fails_like_any_handler(
+    bus: backbone.Backbone, kind: str
+) -> None:
+    """Its event is retried and dead-lettered, and the worker lives on: events
+    after it are handled (a dead worker would hold the window for ever)."""
+    handler = raising(kind)()
+    producer = shipment_tracking_producer(bus, URI)
+    bad = await producer.packing("a@example.com", 1, moment())
+    options = backbone.SubscriptionOptions(
+        retry=backbone.RetryPolicy(max_deliveries=2, initial_backoff=0.001)
+    )
+    async with subscribe_shipment_tracking(
+        bus, URI, handler, group="g", start=BEGINNING, options=options
+    ) as sub:
+        await eventually(lambda: sub.stats.dead_lettered == 1, message="dead letter")
+        await producer.order_placed(user(1), product(1), moment())
+        await eventually(lambda: handler.count() == 1, message="next event handled")
+        assert sub.running
+    assert handler.attempts[bad.id] == 2
+    assert sub.stats.failed == 2
+    (letter,) = await backbone.DeadLetters(bus, URI).list()
+    assert letter.event_id == bad
+
+
+async def test_stop_called_by_a_handler_does_not_wait_for_itself(
+    bus: backbone.Backbone,
+) -> None:
+    stopped = asyncio.Event()
+
+    class Stopper(Flaky):
+        async def packing(
+            self,
+            email: str,
+            product_id: int,
+            time: dt.datetime,
+            *,
+            context: backbone.EventContext = backbone.NO_CONTEXT,
+        ) -> None:
+            await sub.stop()
+            stopped.set()
+            await super().packing(email, product_id, time, context=context)
+
+    options = backbone.SubscriptionOptions(shutdown_timeout=30.0)
+    sub = subscribe_shipment_tracking(
+        bus, URI, Stopper(), group="g", start=BEGINNING, options=options
+    )
+    await sub.start()
+    await shipment_tracking_producer(bus, URI).packing("a@example.com", 1, moment())
+    await asyncio.wait_for(stopped.wait(), 10)
+    await asyncio.wait_for(sub.completion, 10)  # well before shutdown_timeout
+    info = await bus.redis.xpending(bus.keys(URI).stream, "g")
+    assert info["pending"] == 0  # the handler finished and its event was acked
+
+
+async def test_a_stopped_subscription_cannot_start_again(
+    bus: backbone.Backbone,
+) -> None:
+    sub = subscribe_shipment_tracking(bus, URI, Flaky(), group="g")
+    await sub.start()
+    await sub.stop()
+    with pytest.raises(RuntimeError, match="subscribe again"):
+        await sub.start()
+    never = subscribe_shipment_tracking(bus, URI, Flaky(), group="g")
+    await never.stop()
+    with pytest.raises(RuntimeError, match="stopped before it started"):
+        await never.start()
+
+
+async def test_concurrent_starts_make_one_subscription(
+    bus: backbone.Backbone,
+) -> None:
+    handler = Flaky()
+    sub = subscribe_shipment_tracking(bus, URI, handler, group="g", start=BEGINNING)
+    await asyncio.gather(sub.start(), sub.start(), sub.start())
+    producer = shipment_tracking_producer(bus, URI)
+    for i in range(20):
+        await producer.packing("a@example.com", i, moment())
+    await eventually(lambda: handler.count() == 20, message="handled")
+    await sub.stop()
+    assert [args[1] for _, args, _ in handler.calls] == list(range(20))  # in order
+    assert handler.duplicates() == 0

@@ -123,3 +123,10 @@ async def test_the_fixture_gives_a_fresh_bus_and_stops_what_is_left(
     assert seen.count() == 1
     assert subscription.running  # the fixture stops it after the test
     assert backbone_bus.embedded
+
+
+async def test_drain_refuses_a_subscription_that_was_never_started() -> None:
+    async with TestBus() as bus:
+        subscribe_shipment_tracking(bus, "orders", Recorder(), group="g")
+        with pytest.raises(RuntimeError, match="never started"):
+            await bus.drain()

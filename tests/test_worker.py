@@ -69,6 +69,14 @@ SERVICE = textwrap.dedent(
 
 
     not_a_factory = 42
+
+
+    def raises(bus):
+        raise KeyError("no such table")
+
+
+    def garbage(bus):
+        return 42
     '''
 )
 
@@ -225,7 +233,9 @@ class _Shared:
         (["svc"], "is not module:attribute"),
         (["nosuchmodule:x"], "cannot import 'nosuchmodule'"),
         (["svc:missing"], "has no attribute 'missing'"),
-        (["svc:not_a_factory"], "is a int, not a function"),
+        (["svc:not_a_factory"], "is an int, not a function"),
+        (["./svc:billing"], "is not a module name"),
+        (["svc.py:billing"], "(for example svc:billing)"),
         (["svc:billing", "--log-level", "loud"], "--log-level 'loud' is not one of"),
     ],
 )
@@ -288,3 +298,29 @@ async def test_a_worker_serves_its_metrics_for_prometheus(
             process.kill()
             process.wait()
     assert process.returncode == 0, err
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("svc:raises", "svc:raises raised KeyError: 'no such table' ("),
+        ("svc:garbage", "svc:garbage returned an int; a factory returns"),
+    ],
+)
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_factory_that_fails_stops_the_service_with_one_line(
+    service_dir: Path, real_url: str, target: str, message: str, workers: str
+) -> None:
+    """Restarting a worker whose factory fails would fail again: the service
+    stops (exit 3), also under a supervisor, instead of restarting for ever."""
+    process = run_command(
+        service_dir, target, "--workers", workers, "--redis-url", real_url
+    )
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 3, out + err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert errors, err
+    assert all(message in line for line in errors)
+    assert "Traceback" not in err
+    if workers == "1":
+        assert len(err.strip().splitlines()) == 1, err

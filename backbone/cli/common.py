@@ -97,11 +97,17 @@ def printable(value: bytes | str) -> str:
     return value if value.isprintable() else repr(value)
 
 
-def print_table(table: Table) -> None:
+def print_table(table: Table, *, whole: bool = False) -> None:
     """Print TABLE no narrower than its columns that must not wrap need (ids):
-    on a narrow terminal the lines grow longer instead of folding an id."""
+    on a narrow terminal the lines grow longer instead of folding an id. WHOLE:
+    no column wraps or shrinks (tables of numbers, where a squeezed column
+    would hide its figures)."""
+    if whole:
+        for column in table.columns:
+            column.no_wrap = True
     wide = console.options.update_width(PIPE_WIDTH)
-    needed = Measurement.get(console, wide, table).minimum
+    measured = Measurement.get(console, wide, table)
+    needed = measured.maximum if whole else measured.minimum
     if needed <= console.width:
         console.print(table)
         return

@@ -20,6 +20,7 @@ from .common import (
     Uri,
     console,
     entry_id,
+    errors,
     fail,
     json_default,
     jsonable,
@@ -124,7 +125,7 @@ def dlq_show(
     async def go() -> tuple[DeadLetter, dict[str, Any]] | None:
         async with Backbone(redis_url, environment=environment) as bus:
             letters = DeadLetters(bus, uri)
-            letter = await letters.get(dead_letter_id)
+            letter = await _resolve(letters, dead_letter_id)
             if letter is None:
                 return None
             return letter, await letters.payload(letter)
@@ -164,8 +165,39 @@ async def _existing(
     """The dead letters to act on, and the named ids that are not dead letters."""
     if everything:
         return await letters.all_ids(group=group), []
-    unknown = [text for text in ids if await letters.get(text) is None]
-    return ids, unknown
+    chosen: list[str] = []
+    unknown: list[str] = []
+    for text in ids:
+        letter = await _resolve(letters, text)
+        if letter is None:
+            unknown.append(text)
+        else:
+            chosen.append(letter.id)
+    return chosen, unknown
+
+
+async def _resolve(letters: DeadLetters, text: str) -> DeadLetter | None:
+    """The dead letter TEXT names: its own id, or the id of its event (as logs
+    name it) when one group dead-lettered that event."""
+    letter = await letters.get(text)
+    if letter is not None:
+        return letter
+    of_event = await letters.of_event(text)
+    if len(of_event) > 1:
+        fail(
+            f"{text} is an event id with {len(of_event)} dead letters (groups "
+            f"{', '.join(sorted(x.group for x in of_event))}); name one of "
+            f"{', '.join(x.id for x in of_event)}",
+            USAGE,
+        )
+    if of_event:
+        errors.print(
+            f"{text} is an event id; its dead letter is {of_event[0].id}",
+            markup=False,
+            highlight=False,
+        )
+        return of_event[0]
+    return None
 
 
 @dlq_app.command("retry")

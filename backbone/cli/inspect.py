@@ -136,12 +136,12 @@ def _print_tables(streams: list[StreamInfo], environment: str) -> None:
         highlight=False,
         markup=False,
     )
-    print_table(_streams_table(streams))
+    print_table(_streams_table(streams), whole=True)
     groups = [(stream, group) for stream in streams for group in stream.groups]
     if groups:
-        print_table(_groups_table(groups))
+        print_table(_groups_table(groups), whole=True)
     if any(group.consumers for _, group in groups):
-        print_table(_consumers_table(groups))
+        print_table(_consumers_table(groups), whole=True)
 
 
 def _streams_table(streams: list[StreamInfo]) -> Table:

@@ -9,7 +9,14 @@ from typing import Annotated
 import typer
 
 from ..errors import BackboneError
-from ..worker import WorkerSettings, load_factory, run_worker, supervise
+from ..worker import (
+    START_FAILED,
+    StartError,
+    WorkerSettings,
+    load_factory,
+    run_worker,
+    supervise,
+)
 from .common import LogLevel, RedisUrl, configure_logging, fail
 
 app = typer.Typer()
@@ -45,10 +52,11 @@ def run_command(
     metrics_port: Annotated[
         int | None,
         typer.Option(
-            min=1,
+            min=0,
             max=65535,
             envvar="BACKBONE_METRICS_PORT",
-            help="Serve Prometheus metrics on this port (needs backbone[telemetry]).",
+            help="Serve Prometheus metrics on this port, 0 for a free one (logged; "
+            "needs backbone[telemetry]).",
         ),
     ] = None,
     metrics_addr: Annotated[
@@ -97,6 +105,8 @@ def run_command(
         raise typer.Exit(supervise(command, workers))
     try:
         code = asyncio.run(run_worker(settings))
+    except StartError as exc:
+        fail(str(exc), code=START_FAILED)
     except BackboneError as exc:
         fail(str(exc))
     except OSError as exc:

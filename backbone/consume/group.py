@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, cast
 import redis.exceptions as rex
 
 from ..events import as_text
-from .delivery import id_key
+from .delivery import before, id_key
 
 if TYPE_CHECKING:
     from .state import SubscriptionState
@@ -75,22 +75,35 @@ class Group:
         if not self.ready:
             await self.ensure()
             return
+        # Events this consumer holds (read, not yet acked) were in the vanished
+        # group's pending list: go on before the oldest, so the new group has
+        # them pending again (a crash before their acks must not lose them).
+        window = state.window
+        start_after = self.last_id
+        held = [*window.held, *window.acking]
+        if held:
+            oldest = min(held, key=id_key)
+            if id_key(oldest) <= id_key(start_after):
+                start_after = before(oldest)
         created, position = await state.backbone.scripts.group.recreate(
             state.redis,
             stream=state.stream,
             group=state.group,
             last_id=self.last_id,
             last_fields=self.last_fields,
+            start_after=start_after,
         )
         if not created:
             return  # another member recreated it first
         state.stats.groups_recreated += 1
-        if position == self.last_id:
+        if position == start_after:
             log.warning(
                 "%s: the consumer group was gone (NOGROUP); created it again after "
-                "%s, the last entry this consumer saw",
+                "%s (the last entry this consumer saw is %s; events it still held "
+                "are delivered again)",
                 state,
                 position,
+                self.last_id,
             )
         else:
             log.warning(

@@ -162,7 +162,9 @@ class Reader:
             self.group.saw(last.entry_id, last.flat)
         finally:
             window.release(count)
-        window.hold(result)
+        # An entry this consumer still holds can come again after its group was
+        # recreated: the held one finishes it (and its ack settles both).
+        window.hold([d for d in result if not window.busy(d.entry_id)])
         return None
 
     async def _wait_for_entries(self, last: str, block_ms: int) -> None:

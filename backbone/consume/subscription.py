@@ -167,28 +167,46 @@ class Subscription:
         self._acker = Acker(state)
         self._claimer = None if state.noack else Claimer(state, fetcher, marks)
         self._task: asyncio.Task[None] | None = None
+        self._start_lock = asyncio.Lock()
+        self._worker_tasks: set[asyncio.Task[None]] = set()
         self._reading: asyncio.Task[None] | None = None
         self._completion: asyncio.Future[None] | None = None
 
     # --- lifetime -----------------------------------------------------------------
 
     async def start(self) -> Self:
-        """Create the group if needed and start consuming in the background."""
-        if self._task is not None:
-            return self
-        try:
-            await self._group.ensure()
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            log.warning(
-                "%s: Redis is not reachable yet (%s); the subscription keeps trying",
-                self,
-                exc,
-            )
-        loop = asyncio.get_running_loop()
-        self._completion = loop.create_future()
-        self._task = loop.create_task(self._run(), name=f"backbone:{self}")
+        """Create the group if needed and start consuming in the background.
+
+        Starting a running subscription does nothing more; a subscription that
+        was stopped cannot be started again (subscribe again).
+        """
+        async with self._start_lock:  # one start at a time
+            if self._task is not None:
+                if self._task.done():
+                    raise RuntimeError(
+                        f"{self} has stopped and cannot be started again; "
+                        "subscribe again for a new subscription"
+                    )
+                return self
+            if self._state.stopping.is_set():
+                raise RuntimeError(
+                    f"{self} was stopped before it started; subscribe again for a "
+                    "new subscription"
+                )
+            try:
+                await self._group.ensure()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning(
+                    "%s: Redis is not reachable yet (%s); the subscription keeps "
+                    "trying",
+                    self,
+                    exc,
+                )
+            loop = asyncio.get_running_loop()
+            self._completion = loop.create_future()
+            self._task = loop.create_task(self._run(), name=f"backbone:{self}")
         return self
 
     @property
@@ -201,6 +219,11 @@ class Subscription:
         if self._completion is None:
             raise RuntimeError(f"{self} was not started; await its start() first")
         return asyncio.shield(self._completion)
+
+    @property
+    def started(self) -> bool:
+        """True once :meth:`start` ran (the subscription may have stopped since)."""
+        return self._task is not None
 
     @property
     def running(self) -> bool:
@@ -220,8 +243,13 @@ class Subscription:
         """Stop reading, let running handlers finish (``shutdown_timeout``), ack them
         and return. Events not finished stay pending for the group."""
         self._request_stop()
-        if self._task is not None:
-            await asyncio.shield(self._task)
+        if self._task is None:
+            return
+        if asyncio.current_task() in self._worker_tasks:
+            # Called by a handler: waiting here would wait for this handler.
+            # The stop goes on once it returns.
+            return
+        await asyncio.shield(self._task)
 
     def stop_on_signals(
         self, signals: Iterable[signal.Signals] = (signal.SIGTERM, signal.SIGINT)
@@ -269,6 +297,7 @@ class Subscription:
             loop.create_task(self._workers.run(), name=f"backbone-worker:{self}:{i}")
             for i in range(self.options.concurrency)
         ]
+        self._worker_tasks = set(workers)
         acker = loop.create_task(self._acker.run(), name=f"backbone-acker:{self}")
         claimer = (
             None
@@ -280,8 +309,21 @@ class Subscription:
             self._reading = loop.create_task(
                 self._reader.run(), name=f"backbone-reader:{self}"
             )
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reading
+            # Until the reader ends (a stop), or a worker does: a worker only
+            # ends by itself through a bug or the end of the process, and a
+            # subscription without its workers would hold its events for ever.
+            done, _ = await asyncio.wait(
+                [self._reading, *workers], return_when=asyncio.FIRST_COMPLETED
+            )
+            ended = [w for w in workers if w in done]
+            if ended:
+                self._request_stop()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._reading
+                worker = ended[0]
+                failure = (
+                    None if worker.cancelled() else worker.exception()
+                ) or RuntimeError(f"a worker of {self} ended unexpectedly")
         except BaseException as exc:  # pragma: no cover - bug guard
             failure = exc
         reading = self._reading

@@ -102,9 +102,9 @@ class Workers:
             delivery = ready.popleft()
             try:
                 await self.process(delivery)
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, SystemExit, KeyboardInterrupt):
                 raise
-            except Exception:
+            except BaseException:
                 # Never let one event kill the loop; it stays pending and comes back.
                 log.exception(
                     "%s: unexpected error handling %s",
@@ -234,9 +234,16 @@ class Workers:
                 else:
                     async with asyncio.timeout(timeout):
                         await call
-            except (Exception, asyncio.CancelledError) as exc:
+            except (SystemExit, KeyboardInterrupt):
+                raise  # the process is ending: the event stays pending
+            except BaseException as exc:
+                # A handler's failure is any exception it raises, BaseException
+                # subclasses (GeneratorExit, ...) and a cancel of its own task
+                # included; only a stop's cancel ends the worker.
                 if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
-                    raise  # the subscription is stopping: the event stays pending
+                    if state.stopping.is_set():
+                        raise  # the subscription is stopping: the event stays pending
+                    _uncancel()
                 state.stats.failed += 1
                 if handling is not None:
                     handling.failed(exc)
@@ -346,3 +353,11 @@ class Workers:
 def _being_cancelled() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def _uncancel() -> None:
+    """Forget a cancel the handler made of its own task (not a stop's)."""
+    task = asyncio.current_task()
+    if task is not None:
+        while task.cancelling():
+            task.uncancel()

@@ -10,28 +10,34 @@
 -- holds. That may deliver again what was handled before the loss; it never
 -- skips an event.
 --
+-- When it goes on, it goes on after ARGV[3]: the last entry seen, or earlier when
+-- the consumer still holds older events (read, not yet acked): the vanished
+-- group's pending list is gone, so the new group must deliver them again, or a
+-- crash before their acks would lose them.
+--
 -- KEYS[1]  stream
 -- ARGV[1]  group
 -- ARGV[2]  id of the last entry the consumer saw ("0-0": none)
--- ARGV[3]  "1" when ARGV[4..] are that entry's fields, "0" when they are unknown
--- ARGV[4..] the entry's field/value strings
+-- ARGV[3]  the id to go on after when that entry is confirmed
+-- ARGV[4]  "1" when ARGV[5..] are that entry's fields, "0" when they are unknown
+-- ARGV[5..] the entry's field/value strings
 --
 -- Returns {created (1) or already there (0), position the group starts after}.
 local start = '0'
-if ARGV[3] == '1' and ARGV[2] ~= '0-0' then
+if ARGV[4] == '1' and ARGV[2] ~= '0-0' then
   local found = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
   if #found == 1 then
     local fields = found[1][2]
-    local same = #fields == #ARGV - 3
+    local same = #fields == #ARGV - 4
     if same then
       for i = 1, #fields do
-        if fields[i] ~= ARGV[i + 3] then
+        if fields[i] ~= ARGV[i + 4] then
           same = false
           break
         end
       end
     end
-    if same then start = ARGV[2] end
+    if same then start = ARGV[3] end
   end
 end
 local created = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], start, 'MKSTREAM')
