@@ -237,17 +237,20 @@ MUTANTS: tuple[Mutant, ...] = (
         "backbone/consume/group.py",
         "                start_after = before(oldest)",
         "                pass",
-        (
-            f"{GROUP_LOSS}::test_events_held_when_the_group_vanishes_are_pending_again",
-        ),
-        "events held when the group vanished are in no pending list: a crash loses them",
+        (f"{GROUP_LOSS}::test_events_held_when_the_group_vanishes_are_pending_again",),
+        "events held when the group vanished are in no pending list: a crash "
+        "loses them",
     ),
     Mutant(
         "handler-base-exception-kills-the-worker",
         "backbone/consume/workers.py",
-        "            except BaseException as exc:\n                # A handler's failure",
+        "            except BaseException as exc:\n"
+        "                # A handler's failure",
         "            except Exception as exc:\n                # A handler's failure",
-        ("tests/test_lifecycle.py::test_a_handler_raising_anything_fails_like_any_handler",),
+        (
+            "tests/test_lifecycle.py"
+            "::test_a_handler_raising_anything_fails_like_any_handler",
+        ),
         "a handler raising GeneratorExit or a BaseException kills its worker silently",
     ),
     Mutant(
