@@ -116,11 +116,28 @@ def dlq_cli(
 
 
 async def dead_letter(
-    bus: backbone.Backbone, group: str, error: str = "boom"
+    bus: backbone.Backbone, group: str, error: str = "boom", *, old: bool = False
 ) -> tuple[backbone.EventId, str]:
     """Publish an event to URI and dead-letter it for GROUP the way a consumer
-    does (dead_letter.lua); returns the event's id and the dead letter's id."""
-    event = await bus.producer(URI).publish(PACKING, ("a@example.com", 1, moment()))
+    does (dead_letter.lua); returns the event's id and the dead letter's id.
+    OLD: the event gets an id from long ago, which no dead letter can share."""
+    if old:
+        keys = bus.keys(URI)
+        raw = {"o": "packing", "v": "1", "c": "ShipmentTracking", "t": "1", "p": "x"}
+        entry = (await bus.redis.xadd(keys.stream, raw, id="1-1")).decode()
+        await bus.redis.hset(
+            keys.payload(entry),
+            mapping=dict(
+                zip(
+                    ("email", "product_id", "time"),
+                    PACKING.encode(("a@example.com", 1, moment())),
+                    strict=True,
+                )
+            ),
+        )
+        event = backbone.EventId(keys.stream, entry)
+    else:
+        event = await bus.producer(URI).publish(PACKING, ("a@example.com", 1, moment()))
     keys = bus.keys(URI)
     [(_, fields)] = await bus.redis.xrange(keys.stream, event.id, event.id)
     letter = DeadLetter.of(
@@ -340,7 +357,7 @@ async def test_an_event_id_finds_its_dead_letter(
 ) -> None:
     """Logs name the event (`dead-lettered <event id>`): the commands take that
     id too, and say which dead letter it is."""
-    event, letter_id = await dead_letter(real_bus, "billing")
+    event, letter_id = await dead_letter(real_bus, "billing", old=True)
     shown = dlq_cli(real_url, environment, "show", event.id)
     assert shown.returncode == 0, shown.stderr
     assert f'"id": "{letter_id}"' in shown.stdout
