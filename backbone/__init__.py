@@ -14,6 +14,7 @@ from .deadletters import DeadLetter, DeadLetterReason, DeadLetters
 from .dispatch import CompiledContract, Dispatcher, Route, bind, route
 from .errors import (
     BackboneError,
+    ConcurrencyError,
     ConfigurationError,
     ContractError,
     DecodeError,
@@ -32,16 +33,19 @@ from .options import (
     UnknownOperation,
 )
 from .producer import Batch, Producer, ProducerOptions
+from .store import Aggregate, ExpectedVersion, RecordedEvent, Repository
 
 __version__ = "0.1.0"
 
 __all__ = [
     "NO_CONTEXT",
     "AckPolicy",
+    "Aggregate",
     "Backbone",
     "BackboneError",
     "Batch",
     "CompiledContract",
+    "ConcurrencyError",
     "ConfigurationError",
     "ContractError",
     "ContractSpec",
@@ -52,12 +56,15 @@ __all__ = [
     "Dispatcher",
     "EventContext",
     "EventId",
+    "ExpectedVersion",
     "OperationSpec",
     "Producer",
     "ProducerOptions",
     "PublishError",
     "PublishTimeout",
+    "RecordedEvent",
     "ReplicationTimeout",
+    "Repository",
     "RetryPolicy",
     "Route",
     "StaleCodeError",

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from .events import EventId
     from .options import StartFrom, SubscriptionOptions
     from .producer import Producer, ProducerOptions
+    from .store import Repository
+    from .store.repository import A
 
 __all__ = ["Backbone", "is_transient", "require_embedded"]
 
@@ -238,6 +240,19 @@ class Backbone:
         from .producer import Producer
 
         return Producer(self, self.keys(uri), contract=contract, options=options)
+
+    def aggregates(
+        self,
+        uri: str,
+        factory: Callable[[], A],
+        *,
+        options: ProducerOptions | None = None,
+    ) -> Repository[A]:
+        """The repository of the aggregates FACTORY makes, their events on stream
+        URI (see :class:`~backbone.Repository`)."""
+        from .store import Repository
+
+        return Repository(self, uri, factory, options=options)
 
     def subscribe(
         self,

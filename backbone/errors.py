@@ -90,3 +90,42 @@ class PublishTimeout(BackboneError, TimeoutError):
     The events of the failed call were not written, or were written exactly once:
     retries within the timeout are deduplicated by the producer's batch record.
     """
+
+
+class ConcurrencyError(BackboneError):
+    """An aggregate's version was not the one expected: someone else appended
+    to it since it was loaded (or the expected-version rule did not hold).
+    Nothing was written. Load the aggregate again and retry the command
+    (``Repository.execute`` does that).
+
+    ``expected`` is the rule (an int, or an ``ExpectedVersion``), ``actual`` the
+    aggregate's version when the append was checked.
+    """
+
+    def __init__(
+        self,
+        aggregate_id: str,
+        stream: str,
+        expected: object,
+        actual: int,
+        *,
+        attempts: int = 1,
+    ) -> None:
+        self.aggregate_id = aggregate_id
+        self.stream = stream
+        self.expected = expected
+        self.actual = actual
+        self.attempts = attempts
+        rule = f"version {expected}" if isinstance(expected, int) else str(expected)
+        message = (
+            f"aggregate {aggregate_id!r} of {stream} is at version {actual}, but the "
+            f"append expected {rule}; nothing was written"
+        )
+        if attempts > 1:
+            message += (
+                f" (gave up after {attempts} attempts: it changes too often; raise "
+                "attempts, or split the aggregate)"
+            )
+        else:
+            message += "; load it again and retry the command"
+        super().__init__(message)

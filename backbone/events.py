@@ -16,6 +16,7 @@ ca     causation id (the event being handled when sent)     producer
 tp     W3C trace context, when traced (see telemetry)       producer
 rg     only this consumer group handles the entry           dead-letter retry
 ri     the original event id of a re-driven entry           dead-letter retry
+a      the aggregate id of an aggregate's event             aggregate save
 =====  ===================================================  ===========
 
 The entry id Redis assigns (``<ms>-<seq>``) is the event's id and its position.
@@ -46,6 +47,7 @@ F_CAUSATION: Final = b"ca"
 F_REDRIVE_GROUP: Final = b"rg"
 F_REDRIVE_ORIGIN: Final = b"ri"
 F_TRACE: Final = b"tp"
+F_AGGREGATE: Final = b"a"
 
 
 @dataclasses.dataclass(frozen=True, slots=True, order=True)

@@ -10,6 +10,8 @@ live in one slot and can be written together atomically::
     bb:{dev:hello.event-sourcing}:dlq:p:<group>:<id> payload copy of a dead letter
     bb:{dev:hello.event-sourcing}:w:<producer>:<n>   a producer's last batch (dedupe)
     bb:{dev:hello.event-sourcing}:done:<group>       a group's idempotency marks
+    bb:{dev:hello.event-sourcing}:agg:<aggregate>    an aggregate's entry ids (list)
+    bb:{dev:hello.event-sourcing}:snap:<aggregate>   an aggregate's snapshot
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ from typing import Final
 
 from .errors import ConfigurationError
 
-__all__ = ["StreamKeys", "validate_part"]
+__all__ = ["StreamKeys", "validate_aggregate_id", "validate_part"]
 
 _PART_RE: Final = re.compile(r"^[A-Za-z0-9_.\-/]{1,200}$")
 _GROUP_RE: Final = re.compile(r"^[A-Za-z0-9_.\-/:@]{1,200}$")
+# No ":" (it separates the parts of a key), no braces (they would move the key
+# out of the stream's hash tag), no whitespace or glob characters.
+_AGGREGATE_RE: Final = re.compile(r"^[A-Za-z0-9_.\-@+~]{1,200}$")
 
 PREFIX: Final = "bb"
 
@@ -43,6 +48,16 @@ def validate_part(what: str, value: str, *, pattern: re.Pattern[str] = _PART_RE)
 def validate_name(what: str, value: str) -> str:
     """Check a group or consumer name."""
     return validate_part(what, value, pattern=_GROUP_RE)
+
+
+def validate_aggregate_id(value: str) -> str:
+    """Check an aggregate id; return it unchanged."""
+    if not isinstance(value, str) or not _AGGREGATE_RE.fullmatch(value):
+        raise ConfigurationError(
+            f"aggregate id {value!r} is not valid; use 1 to 200 of: letters, "
+            "digits and _ . - @ + ~ (a UUID or an order number, say)"
+        )
+    return value
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -87,6 +102,14 @@ class StreamKeys:
 
     def done(self, group: str) -> str:
         return f"{self.stream}:done:{group}"
+
+    def aggregate(self, aggregate_id: str) -> str:
+        """The index of an aggregate: a list of its entry ids, in version order."""
+        return f"{self.stream}:agg:{validate_aggregate_id(aggregate_id)}"
+
+    def snapshot(self, aggregate_id: str) -> str:
+        """The latest snapshot of an aggregate (a hash: v, s, d)."""
+        return f"{self.stream}:snap:{validate_aggregate_id(aggregate_id)}"
 
     @classmethod
     def from_stream_key(cls, key: str) -> StreamKeys:

@@ -3,6 +3,10 @@ arguments and its reply (the scripts' own headers document the wire format):
 
 * ``publish.lua`` appends a batch, entries and payload hashes:
   :class:`PublishScript`;
+* ``append.lua`` appends events of one aggregate if its version is the one
+  expected, and indexes them: :class:`AppendScript`;
+* ``snapshot.lua`` stores an aggregate's snapshot unless a newer one is there:
+  :class:`SnapshotScript`;
 * ``read.lua`` acks and reads new entries with their payloads: its reply becomes
   the consumer's deliveries, so its wrapper lives with the reader
   (``backbone.consume.reader.ReadScript``);
@@ -28,6 +32,9 @@ if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
 __all__ = [
+    "AppendReply",
+    "AppendScript",
+    "AppendStatus",
     "DeadLetterScript",
     "GroupScript",
     "PublishReply",
@@ -36,6 +43,7 @@ __all__ = [
     "RedriveScript",
     "Script",
     "Scripts",
+    "SnapshotScript",
 ]
 
 
@@ -135,6 +143,77 @@ class PublishScript(Script):
         return PublishReply(kind, [], as_text(detail)), confirmed
 
 
+class AppendStatus(enum.IntEnum):
+    """What append.lua did with an attempt of a batch."""
+
+    WRITTEN = 0
+    DUPLICATE = 1
+    REFUSED = 2
+    STALE = 3
+    CONFLICT = 4
+    """The aggregate's version was not the one expected: ``version`` is its
+    actual version, nothing was written."""
+
+
+class AppendReply(NamedTuple):
+    status: AppendStatus
+    ids: list[str]
+    version: int
+    """The aggregate's version after the write (WRITTEN, DUPLICATE), or its
+    actual version (CONFLICT)."""
+    detail: str
+
+
+class AppendScript(Script):
+    """``append.lua``: the events of one aggregate, checked against the expected
+    version, written and indexed in one step. Its arguments are publish.lua's
+    (see :class:`~backbone.writer.Writer`) behind the expected version and the
+    aggregate id."""
+
+    __slots__ = ()
+
+    async def append(
+        self,
+        client: aioredis.Redis,
+        *,
+        stream: str,
+        index: str,
+        record: str,
+        expected: str,
+        aggregate_id: str,
+        argv: Sequence[bytes | str | int],
+    ) -> AppendReply:
+        raw = await self.run(
+            client, (stream, index, record), (expected, aggregate_id, *argv)
+        )
+        kind = AppendStatus(int(raw[0]))
+        if kind in (AppendStatus.WRITTEN, AppendStatus.DUPLICATE):
+            ids = [as_text(x) for x in raw[1]]
+            return AppendReply(kind, ids, int(raw[2]), "")
+        if kind is AppendStatus.CONFLICT:
+            return AppendReply(kind, [], int(raw[1]), "")
+        return AppendReply(kind, [], 0, as_text(raw[1]))
+
+
+class SnapshotScript(Script):
+    """``snapshot.lua``: store an aggregate's snapshot unless the one stored is
+    of a later version."""
+
+    __slots__ = ()
+
+    async def store(
+        self,
+        client: aioredis.Redis,
+        *,
+        key: str,
+        version: int,
+        schema: int,
+        data: bytes,
+    ) -> bool:
+        """Whether it was stored (False: a later snapshot is there)."""
+        return bool(await self.run(client, (key,), (version, schema, data)))
+
+
 class DeadLetterScript(Script):
     """``dead_letter.lua``: append a dead letter, copy the payload key beside it,
     ack the event, in one step."""
@@ -225,10 +304,20 @@ class GroupScript(Script):
 class Scripts:
     """The scripts backbone runs, compiled once per connection."""
 
-    __slots__ = ("dead_letter", "group", "publish", "read", "redrive")
+    __slots__ = (
+        "append",
+        "dead_letter",
+        "group",
+        "publish",
+        "read",
+        "redrive",
+        "snapshot",
+    )
 
     def __init__(self) -> None:
         self.publish = PublishScript("publish")
+        self.append = AppendScript("append")
+        self.snapshot = SnapshotScript("snapshot")
         self.read = Script("read")
         self.dead_letter = DeadLetterScript("dead_letter")
         self.redrive = RedriveScript("redrive")

@@ -7,6 +7,10 @@ Per contract ``Foo`` it holds:
 - ``FooBatch``: the same methods, collected and written all-or-nothing;
 - ``FooConsumer``: the ``Protocol`` a handler implements;
 - ``FooDispatcher``: maps each operation to the handler's method;
+- ``FooAggregate``: the base of an event-sourced aggregate of these events,
+  generic in its state: a typed ``record_<method>`` per operation and an
+  ``apply_<method>`` to override (optional: by default it changes nothing), so
+  mypy checks each override's signature;
 - ``foo_producer(...)`` and ``subscribe_foo(...)``: typed helpers.
 
 The output is laid out the way ``ruff format`` lays it out (a signature that does
@@ -121,7 +125,8 @@ def render_module(module: str, contracts: Iterable[ContractSpec]) -> str:
     mapping = imports.name("collections.abc", "Mapping")
     protocol = imports.name("typing", "Protocol")
     typing = {
-        name: imports.name("typing", name) for name in ("Literal", "cast", "overload")
+        name: imports.name("typing", name)
+        for name in ("Literal", "TypeVar", "cast", "overload")
     }
     rendered = [_Contract(spec, imports) for spec in specs]
 
@@ -130,6 +135,7 @@ def render_module(module: str, contracts: Iterable[ContractSpec]) -> str:
     for c in rendered:
         exported += [
             c.const,
+            f"{c.cls}Aggregate",
             f"{c.cls}Batch",
             f"{c.cls}Consumer",
             f"{c.cls}Dispatcher",
@@ -148,6 +154,7 @@ def render_module(module: str, contracts: Iterable[ContractSpec]) -> str:
     lines += ["", "__all__ = ["]
     lines += [f'    "{name}",' for name in sorted(exported)]
     lines += ["]"]
+    lines += ["", "", f'_State = {typing["TypeVar"]}("_State")']
     lines += body
     text = "\n".join(lines).rstrip("\n") + "\n"
     return text
@@ -248,6 +255,8 @@ def _render_contract(
             out.append(line)
     out.append("        }")
 
+    out += _render_aggregate(c)
+
     # Helpers ------------------------------------------------------------------------
     out += ["", ""]
     out += _signature(
@@ -327,4 +336,40 @@ def _render_contract(
         "        options=options,",
         "    )",
     ]
+    return out
+
+
+def _render_aggregate(c: _Contract) -> list[str]:
+    """The aggregate base of contract C (see :mod:`backbone.store.aggregate`)."""
+    spec = c.spec
+    out = ["", "", f"class {c.cls}Aggregate(backbone.Aggregate[_State]):"]
+    out += [
+        f'    """Base of an aggregate whose events are {spec.name} events, with state',
+        "    _State (a pydantic model or a dataclass, say).",
+        "",
+        "    Override ``apply_<method>`` to fold an event into ``self.state`` (one",
+        "    left alone changes nothing); commands call ``record_<method>`` to record",
+        "    an event, which applies it at once and is appended by",
+        "    ``Repository.save``.",
+        '    """',
+        "",
+        f"    contract = {c.const}",
+    ]
+    for op, _, params, _ in c.ops:
+        out.append("")
+        out += _signature(
+            "    ", f"def apply_{op.method}", ["self", *params], " -> None:"
+        )
+        out += _docstring(
+            f"Fold one {op.name} event into the state; by default it changes nothing.",
+            "        ",
+        )
+    for op, const, params, names in c.ops:
+        out.append("")
+        out += _signature(
+            "    ", f"def record_{op.method}", ["self", *params], " -> None:"
+        )
+        out += _docstring(op.doc or f"Record a {op.name} event.", "        ")
+        args = f"({', '.join(names)},)" if len(names) == 1 else f"({', '.join(names)})"
+        out += _call("        ", "self.record", [const, args])
     return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Literal, Protocol, cast, overload
+from typing import Literal, Protocol, TypeVar, cast, overload
 
 import backbone
 
@@ -16,6 +16,7 @@ from .shipment_tracking import Product, ShipmentTracking, User
 
 __all__ = [
     "SHIPMENT_TRACKING",
+    "ShipmentTrackingAggregate",
     "ShipmentTrackingBatch",
     "ShipmentTrackingConsumer",
     "ShipmentTrackingDispatcher",
@@ -23,6 +24,9 @@ __all__ = [
     "shipment_tracking_producer",
     "subscribe_shipment_tracking",
 ]
+
+
+_State = TypeVar("_State")
 
 
 SHIPMENT_TRACKING = backbone.bind(ShipmentTracking, fingerprint="32fa06afaa95e6d3")
@@ -157,6 +161,47 @@ class ShipmentTrackingDispatcher(backbone.Dispatcher[ShipmentTrackingConsumer]):
                 _SHIPMENT_TRACKING_ON_RECEIVED, handler.on_received
             ),
         }
+
+
+class ShipmentTrackingAggregate(backbone.Aggregate[_State]):
+    """Base of an aggregate whose events are ShipmentTracking events, with state
+    _State (a pydantic model or a dataclass, say).
+
+    Override ``apply_<method>`` to fold an event into ``self.state`` (one
+    left alone changes nothing); commands call ``record_<method>`` to record
+    an event, which applies it at once and is appended by
+    ``Repository.save``.
+    """
+
+    contract = SHIPMENT_TRACKING
+
+    def apply_order_placed(self, user: User, product: Product, time: datetime) -> None:
+        """Fold one order_placed event into the state; by default it changes nothing."""
+
+    def apply_packing(self, email: str, product_id: int, time: datetime) -> None:
+        """Fold one packing event into the state; by default it changes nothing."""
+
+    def apply_on_delivery(self, email: str, product_id: int, time: datetime) -> None:
+        """Fold one on_delivery event into the state; by default it changes nothing."""
+
+    def apply_on_received(self, email: str, product_id: int, time: datetime) -> None:
+        """Fold one on_received event into the state; by default it changes nothing."""
+
+    def record_order_placed(self, user: User, product: Product, time: datetime) -> None:
+        """A user ordered a product."""
+        self.record(_SHIPMENT_TRACKING_ORDER_PLACED, (user, product, time))
+
+    def record_packing(self, email: str, product_id: int, time: datetime) -> None:
+        """The warehouse is packing the order."""
+        self.record(_SHIPMENT_TRACKING_PACKING, (email, product_id, time))
+
+    def record_on_delivery(self, email: str, product_id: int, time: datetime) -> None:
+        """The parcel left the warehouse."""
+        self.record(_SHIPMENT_TRACKING_ON_DELIVERY, (email, product_id, time))
+
+    def record_on_received(self, email: str, product_id: int, time: datetime) -> None:
+        """The user received the parcel."""
+        self.record(_SHIPMENT_TRACKING_ON_RECEIVED, (email, product_id, time))
 
 
 def shipment_tracking_producer(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Literal, Protocol, cast, overload
+from typing import Literal, Protocol, TypeVar, cast, overload
 from uuid import UUID
 
 import backbone
@@ -18,6 +18,7 @@ from .all_types import AllTypes, Color, Customer, Level
 
 __all__ = [
     "ALL_TYPES",
+    "AllTypesAggregate",
     "AllTypesBatch",
     "AllTypesConsumer",
     "AllTypesDispatcher",
@@ -25,6 +26,9 @@ __all__ = [
     "all_types_producer",
     "subscribe_all_types",
 ]
+
+
+_State = TypeVar("_State")
 
 
 ALL_TYPES = backbone.bind(AllTypes, fingerprint="a56e61db6f402b6c")
@@ -315,6 +319,159 @@ class AllTypesDispatcher(backbone.Dispatcher[AllTypesConsumer]):
             "renamed-op": backbone.route(_ALL_TYPES_RENAMED, handler.renamed),
             "empty": backbone.route(_ALL_TYPES_EMPTY, handler.empty),
         }
+
+
+class AllTypesAggregate(backbone.Aggregate[_State]):
+    """Base of an aggregate whose events are AllTypes events, with state
+    _State (a pydantic model or a dataclass, say).
+
+    Override ``apply_<method>`` to fold an event into ``self.state`` (one
+    left alone changes nothing); commands call ``record_<method>`` to record
+    an event, which applies it at once and is appended by
+    ``Repository.save``.
+    """
+
+    contract = ALL_TYPES
+
+    def apply_scalars(
+        self,
+        text: str,
+        number: int,
+        ratio: float,
+        flag: bool,
+        raw: bytes,
+        nothing: None,
+    ) -> None:
+        """Fold one scalars event into the state; by default it changes nothing."""
+
+    def apply_times(
+        self,
+        moment: datetime,
+        naive: datetime,
+        day: date,
+        clock: time,
+        span: timedelta,
+    ) -> None:
+        """Fold one times event into the state; by default it changes nothing."""
+
+    def apply_identifiers(
+        self,
+        key: UUID,
+        amount: Decimal,
+        color: Color,
+        level: Level,
+    ) -> None:
+        """Fold one identifiers event into the state; by default it changes nothing."""
+
+    def apply_containers(
+        self,
+        items: list[int],
+        pair: tuple[str, int],
+        many: tuple[float, ...],
+        unique: set[str],
+        frozen: frozenset[int],
+        mapping: dict[str, list[int]],
+        by_number: dict[int, str],
+        by_key: dict[UUID, Color],
+    ) -> None:
+        """Fold one containers event into the state; by default it changes nothing."""
+
+    def apply_optionals(
+        self,
+        maybe: int | None,
+        either: int | str,
+        choice: Literal["a", "b"],
+        limited: int,
+        defaulted: str = "fallback",
+        absent: int | None = None,
+    ) -> None:
+        """Fold one optionals event into the state; by default it changes nothing."""
+
+    def apply_models(self, customer: Customer, others: list[Customer]) -> None:
+        """Fold one models event into the state; by default it changes nothing."""
+
+    def apply_renamed(self, value: int) -> None:
+        """Fold one renamed-op event into the state; by default it changes nothing."""
+
+    def apply_empty(self) -> None:
+        """Fold one empty event into the state; by default it changes nothing."""
+
+    def record_scalars(
+        self,
+        text: str,
+        number: int,
+        ratio: float,
+        flag: bool,
+        raw: bytes,
+        nothing: None,
+    ) -> None:
+        """Plain scalars."""
+        self.record(_ALL_TYPES_SCALARS, (text, number, ratio, flag, raw, nothing))
+
+    def record_times(
+        self,
+        moment: datetime,
+        naive: datetime,
+        day: date,
+        clock: time,
+        span: timedelta,
+    ) -> None:
+        """Dates and times, aware and naive."""
+        self.record(_ALL_TYPES_TIMES, (moment, naive, day, clock, span))
+
+    def record_identifiers(
+        self,
+        key: UUID,
+        amount: Decimal,
+        color: Color,
+        level: Level,
+    ) -> None:
+        """UUID, Decimal and enums."""
+        self.record(_ALL_TYPES_IDENTIFIERS, (key, amount, color, level))
+
+    def record_containers(
+        self,
+        items: list[int],
+        pair: tuple[str, int],
+        many: tuple[float, ...],
+        unique: set[str],
+        frozen: frozenset[int],
+        mapping: dict[str, list[int]],
+        by_number: dict[int, str],
+        by_key: dict[UUID, Color],
+    ) -> None:
+        """Collections of supported types."""
+        self.record(
+            _ALL_TYPES_CONTAINERS,
+            (items, pair, many, unique, frozen, mapping, by_number, by_key),
+        )
+
+    def record_optionals(
+        self,
+        maybe: int | None,
+        either: int | str,
+        choice: Literal["a", "b"],
+        limited: int,
+        defaulted: str = "fallback",
+        absent: int | None = None,
+    ) -> None:
+        """Optional, unions, literals, constraints and defaults."""
+        self.record(
+            _ALL_TYPES_OPTIONALS,
+            (maybe, either, choice, limited, defaulted, absent),
+        )
+
+    def record_models(self, customer: Customer, others: list[Customer]) -> None:
+        """Pydantic models, nested."""
+        self.record(_ALL_TYPES_MODELS, (customer, others))
+
+    def record_renamed(self, value: int) -> None:
+        """An operation with its own wire name and version."""
+        self.record(_ALL_TYPES_RENAMED, (value,))
+
+    def record_empty(self) -> None:
+        """An operation without parameters."""
+        self.record(_ALL_TYPES_EMPTY, ())
 
 
 def all_types_producer(

@@ -1,0 +1,193 @@
+"""One atomic, version-checked append of an aggregate's events, retried until
+it is known to be done, never written twice.
+
+Each attempt is one ``EVALSHA`` of ``lua/append.lua`` with publish.lua's
+arguments (built by :class:`~backbone.writer.Writer`, so entries and payloads
+are laid out exactly as a producer's) behind the expected version and the
+aggregate id. Retries reuse the producer's batch record: an attempt carries a
+batch number, a retry the same one, and the script answers a retry of a batch
+that was written with its entries instead of checking the version again (which
+would now fail). A batch record holds one batch in flight, so the appender keeps
+a small pool of records ("slots"): concurrent appends each take one, and a slot's
+batch numbers only grow, so a late attempt of an old batch writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+import time
+from typing import TYPE_CHECKING
+
+import redis.exceptions as rex
+
+from ..errors import (
+    ConcurrencyError,
+    ConfigurationError,
+    PublishError,
+    PublishTimeout,
+)
+from ..events import EventId
+from ..faults import is_transient
+from ..scripts import AppendReply, AppendStatus
+from ..writer import Item, Writer
+from .expected import ExpectedVersion, wire
+
+if TYPE_CHECKING:
+    from ..connection import Backbone
+    from ..keys import StreamKeys
+    from ..producer_options import ProducerOptions
+
+__all__ = ["Appended", "Appender"]
+
+log = logging.getLogger("backbone.store")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Appended:
+    """What an append wrote: the events' ids and the aggregate's new version."""
+
+    ids: list[EventId]
+    version: int
+
+
+@dataclasses.dataclass(slots=True)
+class _Slot:
+    record: str
+    sequence: int = 0
+
+
+class Appender:
+    """Appends events of the aggregates of one stream."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        keys: StreamKeys,
+        identity: str,
+        options: ProducerOptions,
+    ) -> None:
+        self.backbone = backbone
+        self.keys = keys
+        self.options = options
+        self._writer = Writer(backbone, keys, identity, options)
+        self._records = keys.writer(f"{identity}:{secrets.token_hex(6)}")
+        self._idle: list[_Slot] = []
+        self._slots = 0
+
+    def _take(self) -> _Slot:
+        if self._idle:
+            return self._idle.pop()
+        self._slots += 1
+        return _Slot(f"{self._records}:{self._slots}")
+
+    async def append(
+        self,
+        aggregate_id: str,
+        items: list[Item],
+        expected: int | ExpectedVersion,
+    ) -> Appended:
+        """Write ITEMS as the next events of AGGREGATE_ID if its version meets
+        EXPECTED. Raises :class:`ConcurrencyError` (nothing written) when it does
+        not, :class:`PublishError` when Redis refuses the write,
+        :class:`PublishTimeout` when Redis stays out of reach."""
+        rule = wire(expected)
+        index = self.keys.aggregate(aggregate_id)
+        if len(items) > self.options.max_atomic_batch:
+            raise ConfigurationError(
+                f"{len(items)} events for aggregate {aggregate_id!r} exceed "
+                f"ProducerOptions.max_atomic_batch ({self.options.max_atomic_batch}); "
+                "save more often, or raise it"
+            )
+        slot = self._take()
+        try:
+            slot.sequence += 1
+            argv = self._writer._argv(items, str(slot.sequence))
+            reply = await self._attempts(slot, index, rule, aggregate_id, argv)
+        finally:
+            self._idle.append(slot)
+        stream = self.keys.stream
+        if reply.status is AppendStatus.CONFLICT:
+            raise ConcurrencyError(aggregate_id, stream, expected, reply.version)
+        if reply.status is AppendStatus.REFUSED:
+            raise PublishError(
+                f"Redis refused to append to aggregate {aggregate_id!r} of "
+                f"{stream}: {reply.detail}"
+            )
+        if reply.status is AppendStatus.STALE:  # pragma: no cover - see Writer
+            raise PublishError(
+                f"an append to {stream} is older than batch {reply.detail} of its "
+                "appender; nothing was written"
+            )
+        if len(reply.ids) != len(items):
+            raise PublishError(
+                f"a retried append of {len(items)} event(s) was already written to "
+                f"{stream}, but only {len(reply.ids)} of its entries are still there "
+                "(trimmed meanwhile); the events are not written twice"
+            )
+        self.backbone.notify_written(stream)
+        return Appended([EventId(stream, raw) for raw in reply.ids], reply.version)
+
+    async def _attempts(
+        self,
+        slot: _Slot,
+        index: str,
+        rule: str,
+        aggregate_id: str,
+        argv: list[bytes | str | int],
+    ) -> AppendReply:
+        """Run the script until an attempt is answered (transient failures are
+        retried with the same batch number until ``publish_timeout``)."""
+        timeout = self.options.publish_timeout
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        attempt = 0
+        stream = self.keys.stream
+        while True:
+            attempt += 1
+            try:
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
+                    return await self.backbone.scripts.append.append(
+                        self.backbone.redis,
+                        stream=stream,
+                        index=index,
+                        record=slot.record,
+                        expected=rule,
+                        aggregate_id=aggregate_id,
+                        argv=argv,
+                    )
+            except (rex.ResponseError, rex.DataError) as exc:
+                if not is_transient(exc):
+                    raise PublishError(
+                        f"Redis refused to append to aggregate {aggregate_id!r} of "
+                        f"{stream}: {exc}"
+                    ) from exc
+                last_error: BaseException = exc
+            except TimeoutError as exc:
+                last_error = exc
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                last_error = exc
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PublishTimeout(
+                    f"could not append to aggregate {aggregate_id!r} of {stream} "
+                    f"within {timeout:g}s ({attempt} attempts); last error: "
+                    f"{type(last_error).__name__}: {last_error}. Check that Redis "
+                    f"at {self.backbone!r} is up, or raise "
+                    "ProducerOptions.publish_timeout"
+                ) from last_error
+            if attempt == 1:
+                log.warning(
+                    "append to %s failed (%s: %s); retrying for up to %.1fs",
+                    stream,
+                    type(last_error).__name__,
+                    last_error,
+                    remaining,
+                    extra={"stream": stream, "aggregate": aggregate_id},
+                )
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, 1.0)
