@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.console import Console
 
-from . import consumer, latency, memory, producer, report
+from . import consumer, latency, memory, producer, report, store
 from .common import Section, Settings
 from .machine import machine_info
 from .server import BenchServer, ServerUnavailable, open_server
@@ -24,6 +24,7 @@ SECTIONS: dict[str, Callable[[BenchServer, Settings], Awaitable[Section]]] = {
     "consumer": consumer.run,
     "latency": latency.run,
     "memory": memory.run,
+    "store": store.run,
 }
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results"
 

@@ -160,6 +160,7 @@ class Settings:
     latency_seconds: float = 10.0
     latency_warmup_seconds: float = 1.0
     memory_events: int = 20_000
+    store_events: int = 100_000
 
     @classmethod
     def make(cls, *, quick: bool, events: int | None) -> Settings:
@@ -172,6 +173,7 @@ class Settings:
                 latency_seconds=2.0,
                 latency_warmup_seconds=0.25,
                 memory_events=2_000,
+                store_events=2_000,
             )
         else:
             base = cls()

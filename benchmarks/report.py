@@ -145,11 +145,30 @@ def _memory(section: Section) -> list[Table]:
     return [table, _comparisons(section)]
 
 
+def _store(section: Section) -> list[Table]:
+    table = Table(
+        section.title, ["variant", "events", "seconds", "events/s"], right={1, 2, 3}
+    )
+    for row in section.rows:
+        table.rows.append(
+            [
+                row["name"],
+                _num(row["events"]),
+                _num(row["seconds"], 3),
+                # a load's figure is its time: a snapshot folds no event
+                "-" if row["group"] == "load" else _num(row["events_per_s"]),
+            ]
+        )
+    table.notes += section.notes
+    return [table, _comparisons(section)]
+
+
 _RENDERERS: dict[str, Callable[[Section], list[Table]]] = {
     "producer": _producer,
     "consumer": _consumer,
     "latency": _latency,
     "memory": _memory,
+    "store": _store,
 }
 
 

@@ -20,7 +20,7 @@ import pytest
 from conftest import IN_CI
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("producer", "consumer", "latency", "memory")
+SECTIONS = ("producer", "consumer", "latency", "memory", "store")
 
 # Figures each section must report as numbers (others may be None when an
 # optional tool, e.g. FastStream or redis-cli, is not installed).
@@ -40,6 +40,14 @@ REQUIRED = {
     ),
     "latency": ("p50_ms", "p99_ms", "p99_9_ms", "events_measured"),
     "memory": ("backbone_bytes_per_event", "inline_bytes_per_event", "ratio"),
+    "store": (
+        "load_full_seconds",
+        "load_snapshot_seconds",
+        "append_single_per_s",
+        "publish_single_per_s",
+        "append_batch_per_s",
+        "publish_batch_per_s",
+    ),
 }
 
 
