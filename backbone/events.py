@@ -108,6 +108,8 @@ class EventContext:
     correlation_id: str | None = None
     causation_id: str | None = None
     original_id: EventId | None = None
+    aggregate_id: str | None = None
+    """The aggregate an event-store event belongs to (None for other events)."""
     unreadable: tuple[str, ...] = ()
     """What of the entry's metadata could not be read (a producer time out of
     range, a version that is not a number): one line each, naming the field. The

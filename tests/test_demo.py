@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,3 +65,42 @@ def test_demo_on_real_redis_via_option_and_env(real_url: str) -> None:
     client = redis.Redis.from_url(real_url)
     assert list(client.scan_iter(match="bb:{demo:*")) == []
     client.close()
+
+
+@pytest.mark.parametrize("backend", ["fake", "real"])
+def test_the_accounts_sample_keeps_every_balance_right(
+    backend: str, real_redis_url: str | None
+) -> None:
+    """Deposits and withdrawals race on each account; every command either
+    applies on the latest balance or is refused, and the read model kept by a
+    consumer group agrees with each aggregate."""
+    args = ["--sample", "accounts", "--orders", "3"]
+    if backend == "real":
+        if real_redis_url is None:
+            pytest.skip("no redis-server binary here")
+        args += ["--redis-url", real_redis_url]
+    result = run_demo(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "every balance agrees" in out
+    rows = [line for line in out.splitlines() if line.startswith("│ acct-")]
+    assert len(rows) == 3
+    for row in rows:
+        _account, version, balance, model, agrees = (
+            cell.strip() for cell in row.strip("│").split("│")
+        )
+        assert agrees == "yes"
+        assert balance == model
+        assert float(balance) >= 0
+        assert int(version) >= 1
+    match = re.search(r"(\d+) command\(s\), (\d+) refused", out)
+    assert match is not None
+    assert int(match[1]) == 3 * 20
+
+
+def test_an_unknown_sample_is_one_line() -> None:
+    result = run_demo("--sample", "nope")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --sample 'nope' is not one of: shipments, accounts"
+    ]

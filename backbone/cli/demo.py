@@ -25,18 +25,34 @@ def demo(
         ),
     ] = None,
     orders: Annotated[
-        int, typer.Option(min=1, max=100_000, help="Orders to place.")
+        int,
+        typer.Option(
+            min=1, max=100_000, help="Orders to place (accounts: accounts to open)."
+        ),
     ] = 3,
     environment: Environment = "demo",
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for every order.")
     ] = 30.0,
+    sample: Annotated[
+        str,
+        typer.Option(
+            help="shipments (a flow of events through consumer groups) or accounts "
+            "(the event store: aggregates racing under optimistic concurrency)."
+        ),
+    ] = "shipments",
 ) -> None:
-    """Run the shipment-tracking flow: producer, transit, consumer and reporter."""
+    """Run a sample: the shipment-tracking flow (producer, transit, consumer and
+    reporter), or bank accounts as event-sourced aggregates."""
     if TYPE_CHECKING:  # the repository's samples/ folder, checked as itself
+        from samples.accounts import run_accounts_demo
         from samples.demo import run_demo
     else:  # installed as backbone.samples (an editable install maps it too)
+        from ..samples.accounts import run_accounts_demo
         from ..samples.demo import run_demo
+
+    if sample not in ("shipments", "accounts"):
+        fail(f"--sample {sample!r} is not one of: shipments, accounts", code=2)
 
     if not redis_url:
         try:
@@ -50,14 +66,26 @@ def demo(
     logging.basicConfig(
         level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    ok = run(
-        lambda: run_demo(
-            redis_url or EMBEDDED_SCHEME,
-            orders=orders,
-            environment=environment,
-            timeout=timeout,
-            out=console,
+    url = redis_url or EMBEDDED_SCHEME
+    if sample == "accounts":
+        ok = run(
+            lambda: run_accounts_demo(
+                url,
+                accounts=orders,
+                environment=environment,
+                timeout=timeout,
+                out=console,
+            )
         )
-    )
+    else:
+        ok = run(
+            lambda: run_demo(
+                url,
+                orders=orders,
+                environment=environment,
+                timeout=timeout,
+                out=console,
+            )
+        )
     if not ok:
         raise typer.Exit(1)

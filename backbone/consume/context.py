@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..events import (
+    F_AGGREGATE,
     F_CAUSATION,
     F_CONTRACT,
     F_CORRELATION,
@@ -73,6 +74,7 @@ def build_context(
     produced_at = _produced_at(fields.get(F_TIME), unreadable)
     version = _version(fields.get(F_VERSION), unreadable)
     origin = fields.get(F_REDRIVE_ORIGIN)
+    aggregate = fields.get(F_AGGREGATE)
     correlation = fields.get(F_CORRELATION)
     causation = fields.get(F_CAUSATION)
     ack: Callable[[], Awaitable[None]] | None = None
@@ -91,6 +93,7 @@ def build_context(
         correlation_id=as_text(correlation) if correlation is not None else None,
         causation_id=as_text(causation) if causation is not None else None,
         original_id=EventId(state.stream, as_text(origin)) if origin else None,
+        aggregate_id=as_text(aggregate) if aggregate else None,
         unreadable=tuple(unreadable),
         _ack=ack,
     )
