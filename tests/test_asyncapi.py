@@ -28,6 +28,7 @@ from backbone.errors import ConfigurationError
 from backbone.keys import StreamKeys
 from codegen import CodegenError, load_contracts
 from codegen.asyncapi import build_document
+from contracts.accounts import BankAccount
 from contracts.shipment_tracking import ShipmentTracking
 from typed_contracts.all_types import Address, AllTypes, Customer
 
@@ -80,7 +81,11 @@ def payload_validator(document: Json, message: str) -> jsonschema.Draft7Validato
 @pytest.fixture(scope="module")
 def specs() -> list[ContractSpec]:
     found = find_contracts(REPOSITORY)
-    assert [spec.protocol for spec in found] == [ShipmentTracking, AllTypes]
+    assert [spec.protocol for spec in found] == [
+        BankAccount,
+        ShipmentTracking,
+        AllTypes,
+    ]
     return found
 
 
@@ -257,7 +262,7 @@ def test_parameterised_channel_per_contract(
     specs: list[ContractSpec], document: Json
 ) -> None:
     channels = document["channels"]
-    assert list(channels) == ["ShipmentTracking", "AllTypes"]
+    assert list(channels) == ["BankAccount", "ShipmentTracking", "AllTypes"]
     keys = StreamKeys("dev", "hello.event-sourcing")
     for spec in specs:
         channel = channels[spec.name]

@@ -56,7 +56,7 @@ class Shipping(Protocol):
 def test_committed_modules_are_current() -> None:
     result = run_cli("codegen", "--check", "contracts", "tests/typed_contracts")
     assert result.returncode == 0, result.stderr
-    assert "up to date: 2" in result.stdout
+    assert "up to date: 3" in result.stdout
 
 
 def test_output_is_deterministic(tmp_path: Path) -> None:
@@ -69,7 +69,7 @@ def test_output_is_deterministic(tmp_path: Path) -> None:
     text = generated.read_bytes()
     second = run_cli("codegen", "contracts", cwd=tmp_path)
     assert second.returncode == 0
-    assert "0 written, 1 unchanged" in second.stdout
+    assert "0 written, 2 unchanged" in second.stdout
     assert generated.read_bytes() == text
     assert text == (ROOT / "contracts" / "shipment_tracking_gen.py").read_bytes()
 
