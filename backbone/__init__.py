@@ -33,7 +33,17 @@ from .options import (
     UnknownOperation,
 )
 from .producer import Batch, Producer, ProducerOptions
-from .store import Aggregate, ExpectedVersion, RecordedEvent, Repository
+from .store import (
+    Aggregate,
+    ExpectedVersion,
+    Projection,
+    ProjectionContext,
+    RecordedEvent,
+    ReplayError,
+    ReplaySummary,
+    Repository,
+    replay,
+)
 
 __version__ = "0.1.0"
 
@@ -60,9 +70,13 @@ __all__ = [
     "OperationSpec",
     "Producer",
     "ProducerOptions",
+    "Projection",
+    "ProjectionContext",
     "PublishError",
     "PublishTimeout",
     "RecordedEvent",
+    "ReplayError",
+    "ReplaySummary",
     "ReplicationTimeout",
     "Repository",
     "RetryPolicy",
@@ -79,5 +93,6 @@ __all__ = [
     "current_event",
     "describe",
     "operation",
+    "replay",
     "route",
 ]

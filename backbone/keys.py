@@ -12,6 +12,8 @@ live in one slot and can be written together atomically::
     bb:{dev:hello.event-sourcing}:done:<group>       a group's idempotency marks
     bb:{dev:hello.event-sourcing}:agg:<aggregate>    an aggregate's entry ids (list)
     bb:{dev:hello.event-sourcing}:snap:<aggregate>   an aggregate's snapshot
+    bb:{dev:hello.event-sourcing}:proj:<name>        a projection's checkpoint
+    bb:{dev:hello.event-sourcing}:proj:<name>:<part> a projection's read model
 """
 
 from __future__ import annotations
@@ -50,12 +52,13 @@ def validate_name(what: str, value: str) -> str:
     return validate_part(what, value, pattern=_GROUP_RE)
 
 
-def validate_aggregate_id(value: str) -> str:
-    """Check an aggregate id; return it unchanged."""
+def validate_aggregate_id(value: str, what: str = "aggregate id") -> str:
+    """Check an aggregate id (or a projection name: WHAT); return it unchanged."""
     if not isinstance(value, str) or not _AGGREGATE_RE.fullmatch(value):
+        example = "a UUID or an order number" if what == "aggregate id" else "counts"
         raise ConfigurationError(
-            f"aggregate id {value!r} is not valid; use 1 to 200 of: letters, "
-            "digits and _ . - @ + ~ (a UUID or an order number, say)"
+            f"{what} {value!r} is not valid; use 1 to 200 of: letters, "
+            f"digits and _ . - @ + ~ ({example}, say)"
         )
     return value
 
@@ -110,6 +113,14 @@ class StreamKeys:
     def snapshot(self, aggregate_id: str) -> str:
         """The latest snapshot of an aggregate (a hash: v, s, d)."""
         return f"{self.stream}:snap:{validate_aggregate_id(aggregate_id)}"
+
+    def projection(self, name: str, part: str | None = None) -> str:
+        """Projection NAME's checkpoint (a hash: id, n, s) or, with PART, a key
+        of its read model; both in the stream's hash tag."""
+        key = f"{self.stream}:proj:{validate_aggregate_id(name, 'projection name')}"
+        if part is None:
+            return key
+        return f"{key}:{validate_aggregate_id(part, 'read model part')}"
 
     @classmethod
     def from_stream_key(cls, key: str) -> StreamKeys:

@@ -73,6 +73,17 @@ class WorkerSettings:
 
 def load_factory(target: str) -> Factory:
     """Import TARGET, ``module:attribute``, a subscription factory."""
+    found = load_object(target)
+    if not callable(found):
+        raise ConfigurationError(
+            f"{target!r} is {_article(type(found).__name__)}, not a function taking a "
+            "backbone.Backbone and returning subscriptions"
+        )
+    return found
+
+
+def load_object(target: str) -> object:
+    """Import TARGET, ``module:attribute``, and return the attribute."""
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
         raise ConfigurationError(
@@ -115,11 +126,6 @@ def load_factory(target: str) -> Factory:
             raise ConfigurationError(
                 f"module {module_name!r} has no attribute {attr!r} (for {target!r})"
             ) from None
-    if not callable(found):
-        raise ConfigurationError(
-            f"{target!r} is {_article(type(found).__name__)}, not a function taking a "
-            "backbone.Backbone and returning subscriptions"
-        )
     return found
 
 

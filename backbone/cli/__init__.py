@@ -15,7 +15,9 @@ import typer
 
 from .. import __version__
 from . import codegen, demo, dlq, docs, inspect, tail
+from . import replay as replay_cmd
 from . import run as run_cmd
+from .projection import projection_app
 
 __all__ = ["app", "main"]
 
@@ -51,10 +53,12 @@ def _options(
 app.registered_commands += codegen.app.registered_commands
 app.registered_commands += demo.app.registered_commands
 app.add_typer(dlq.dlq_app, name="dlq")
+app.add_typer(projection_app, name="projection")
 app.registered_commands += docs.app.registered_commands
 app.registered_commands += inspect.app.registered_commands
 app.registered_commands += tail.app.registered_commands
 app.registered_commands += run_cmd.app.registered_commands
+app.registered_commands += replay_cmd.app.registered_commands
 
 
 def main() -> None:

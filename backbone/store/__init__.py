@@ -10,7 +10,8 @@ One module per concept:
   recorded by commands;
 - :mod:`.history`: :class:`RecordedEvent` and reads of an aggregate's events;
 - :mod:`.snapshots`: storing and loading an aggregate's state at a version;
-- :mod:`.repository`: :class:`Repository`, which ties them together.
+- :mod:`.repository`: :class:`Repository`, which ties them together;
+- :mod:`.replay`: :func:`replay`, a stream or a range of it into a handler.
 
 See docs/event-sourcing.md.
 """
@@ -20,6 +21,29 @@ from __future__ import annotations
 from .aggregate import Aggregate
 from .expected import ExpectedVersion
 from .history import RecordedEvent
+from .projection import (
+    Projection,
+    ProjectionContext,
+    ProjectionError,
+    ProjectionStats,
+    ProjectionStatus,
+    projection_status,
+)
+from .replay import ReplayError, ReplaySummary, replay
 from .repository import Repository
 
-__all__ = ["Aggregate", "ExpectedVersion", "RecordedEvent", "Repository"]
+__all__ = [
+    "Aggregate",
+    "ExpectedVersion",
+    "Projection",
+    "ProjectionContext",
+    "ProjectionError",
+    "ProjectionStats",
+    "ProjectionStatus",
+    "RecordedEvent",
+    "ReplayError",
+    "ReplaySummary",
+    "Repository",
+    "projection_status",
+    "replay",
+]
