@@ -5,8 +5,11 @@ An :class:`Account` is the fold of its events; a withdrawal must never take the
 balance below zero, so two withdrawals racing on one account must not both pass
 on the same balance: each command runs through ``Repository.execute``, which
 saves with the version it loaded and runs the command again on a conflict. A
-balances read model, kept by a consumer group from the same stream, ends equal
-to the aggregates' own balances.
+projection of the balances (a Redis hash written with its checkpoint) follows
+the stream live and ends equal to the aggregates' own balances.
+
+``python -m samples.accounts [--redis-url URL] [--accounts N]`` runs it on a
+Redis server; ``backbone demo --sample accounts`` on the embedded one.
 """
 
 from __future__ import annotations
@@ -18,18 +21,19 @@ import decimal
 import random
 import secrets
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import pydantic
+from redis.asyncio.client import Pipeline
 from rich.console import Console
 from rich.table import Table
 
 import backbone
 
 if TYPE_CHECKING or __package__ == "samples":
-    from contracts.accounts_gen import BankAccountAggregate, subscribe_bank_account
+    from contracts.accounts_gen import BankAccountAggregate, BankAccountDispatcher
 else:
-    from .contracts.accounts_gen import BankAccountAggregate, subscribe_bank_account
+    from .contracts.accounts_gen import BankAccountAggregate, BankAccountDispatcher
 
 __all__ = ["Account", "Balances", "InsufficientFunds", "run_accounts_demo"]
 
@@ -86,43 +90,40 @@ class Account(BankAccountAggregate[Balance]):
 
 
 class Balances:
-    """A read model of every account's balance, from the contract's stream."""
+    """A projection of every account's balance: one Redis hash (account id ->
+    balance in cents), written with the projection's checkpoint in one step."""
 
-    def __init__(self) -> None:
-        self.balances: dict[str, decimal.Decimal] = {}
-        self.seen = 0
-        self.changed = asyncio.Event()
+    def __init__(self, key: str) -> None:
+        self.key = key
 
-    def _add(self, context: backbone.EventContext, amount: decimal.Decimal) -> None:
-        account = context.aggregate_id or "?"
-        self.balances[account] = self.balances.get(account, decimal.Decimal(0)) + amount
-        self.seen += 1
-        self.changed.set()
+    def _add(self, context: backbone.ProjectionContext, cents: int) -> None:
+        account = context.metadata.get("a", "?")  # the aggregate id of the event
+        context.writes.hincrby(self.key, account, cents)
 
     async def opened(
-        self,
-        owner: str,
-        currency: str,
-        *,
-        context: backbone.EventContext = backbone.NO_CONTEXT,
+        self, owner: str, currency: str, *, context: backbone.ProjectionContext
     ) -> None:
-        self._add(context, decimal.Decimal(0))
+        self._add(context, 0)
 
     async def deposited(
-        self,
-        amount: decimal.Decimal,
-        *,
-        context: backbone.EventContext = backbone.NO_CONTEXT,
+        self, amount: decimal.Decimal, *, context: backbone.ProjectionContext
     ) -> None:
-        self._add(context, amount)
+        self._add(context, int(amount * 100))
 
     async def withdrawn(
-        self,
-        amount: decimal.Decimal,
-        *,
-        context: backbone.EventContext = backbone.NO_CONTEXT,
+        self, amount: decimal.Decimal, *, context: backbone.ProjectionContext
     ) -> None:
-        self._add(context, -amount)
+        self._add(context, -int(amount * 100))
+
+    async def reset(self, writes: Pipeline) -> None:
+        writes.delete(self.key)
+
+    async def read(self, bus: backbone.Backbone) -> dict[str, decimal.Decimal]:
+        raw = cast(dict[bytes, bytes], await bus.redis.hgetall(self.key))
+        return {
+            k.decode(): (decimal.Decimal(int(v)) / 100).quantize(CENT)
+            for k, v in raw.items()
+        }
 
 
 @dataclasses.dataclass
@@ -152,55 +153,60 @@ async def run_accounts_demo(
         where = "embedded Redis" if bus.embedded else bus.url
         console.print(f"backbone accounts demo on {where}, stream {uri}")
         repository = bus.aggregates(uri, Account)
-        balances = Balances()
+        balances = Balances(bus.keys(uri).projection("balances", "by-account"))
+        projection = backbone.Projection(
+            bus, uri, "balances", balances, BankAccountDispatcher
+        )
         ids = [f"acct-{n}" for n in range(1, accounts + 1)]
         started = time.perf_counter()
+        following = asyncio.ensure_future(projection.run())  # catch up, then live
         try:
-            async with subscribe_bank_account(
-                bus, uri, balances, group="balances", start=backbone.StartFrom.BEGINNING
-            ):
-                for account_id in ids:
-                    await repository.execute(account_id, lambda a: a.open("owner"))
+            for account_id in ids:
+                await repository.execute(account_id, lambda a: a.open("owner"))
 
-                async def one(account_id: str, amount: decimal.Decimal) -> None:
-                    calls = 0
+            async def one(account_id: str, amount: decimal.Decimal) -> None:
+                calls = 0
 
-                    def command(account: Account) -> None:
-                        nonlocal calls
-                        calls += 1
-                        if amount > 0:
-                            account.deposit(amount)
-                        else:
-                            account.withdraw(-amount)
+                def command(account: Account) -> None:
+                    nonlocal calls
+                    calls += 1
+                    if amount > 0:
+                        account.deposit(amount)
+                    else:
+                        account.withdraw(-amount)
 
-                    tally.commands += 1
-                    try:
-                        await repository.execute(account_id, command, attempts=50)
-                    except InsufficientFunds:
-                        tally.refused += 1
-                    tally.attempts += calls
+                tally.commands += 1
+                try:
+                    await repository.execute(account_id, command, attempts=50)
+                except InsufficientFunds:
+                    tally.refused += 1
+                tally.attempts += calls
 
-                work = [
-                    one(
-                        account_id,
-                        decimal.Decimal(rng.randint(-60, 100)).quantize(CENT)
-                        or decimal.Decimal(1),
-                    )
-                    for account_id in ids
-                    for _ in range(operations)
-                ]
-                await asyncio.gather(*work)  # all at once: commands race
-                final = {i: (await repository.load(i)) for i in ids}
-                expected = sum(a.version for a in final.values())
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(timeout):
-                        while balances.seen < expected:
-                            balances.changed.clear()
-                            await balances.changed.wait()
+            work = [
+                one(
+                    account_id,
+                    decimal.Decimal(rng.randint(-60, 100)).quantize(CENT)
+                    or decimal.Decimal(1),
+                )
+                for account_id in ids
+                for _ in range(operations)
+            ]
+            await asyncio.gather(*work)  # all at once: commands race
+            final = {i: (await repository.load(i)) for i in ids}
+            # Stop following (the page under way is written with its checkpoint),
+            # then catch up from that checkpoint to the end of the stream.
+            projection.stop()
+            async with asyncio.timeout(timeout):
+                await following
+                await projection.catch_up()
+            read_model = await balances.read(bus)
         finally:
+            projection.stop()
+            with contextlib.suppress(Exception):
+                await following
             await _remove_stream(bus, uri)
         elapsed = time.perf_counter() - started
-    return _summary(console, final, balances, tally, elapsed)
+    return _summary(console, final, read_model, tally, elapsed)
 
 
 async def _remove_stream(bus: backbone.Backbone, uri: str) -> None:
@@ -213,7 +219,7 @@ async def _remove_stream(bus: backbone.Backbone, uri: str) -> None:
 def _summary(
     console: Console,
     final: dict[str, Account],
-    balances: Balances,
+    read_model: dict[str, decimal.Decimal],
     tally: Tally,
     elapsed: float,
 ) -> bool:
@@ -222,7 +228,7 @@ def _summary(
         table.add_column(column, justify="right" if column != "account" else "left")
     ok = True
     for account_id, account in final.items():
-        model = balances.balances.get(account_id)
+        model = read_model.get(account_id)
         agrees = model == account.state.balance and account.state.balance >= 0
         ok = ok and agrees
         table.add_row(
@@ -241,3 +247,28 @@ def _summary(
         highlight=False,
     )
     return ok
+
+
+def main() -> None:
+    """``python -m samples.accounts``: the demo against a Redis server."""
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("BACKBONE_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    )
+    parser.add_argument("--environment", default="dev")
+    parser.add_argument("--accounts", type=int, default=3)
+    args = parser.parse_args()
+    ok = asyncio.run(
+        run_accounts_demo(
+            args.redis_url, accounts=args.accounts, environment=args.environment
+        )
+    )
+    raise SystemExit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -72,8 +72,8 @@ def test_the_accounts_sample_keeps_every_balance_right(
     backend: str, real_redis_url: str | None
 ) -> None:
     """Deposits and withdrawals race on each account; every command either
-    applies on the latest balance or is refused, and the read model kept by a
-    consumer group agrees with each aggregate."""
+    applies on the latest balance or is refused, and the balances projection
+    agrees with each aggregate."""
     args = ["--sample", "accounts", "--orders", "3"]
     if backend == "real":
         if real_redis_url is None:
