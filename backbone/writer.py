@@ -16,15 +16,12 @@ import asyncio
 import dataclasses
 import logging
 import secrets
-import time
 from typing import TYPE_CHECKING
 
-import redis.exceptions as rex
-
-from .errors import PublishError, PublishTimeout, ReplicationTimeout
+from .errors import PublishError, ReplicationTimeout
 from .events import F_CONTRACT, F_OPERATION, F_PRODUCER, F_VERSION, EventId
-from .faults import is_transient
-from .scripts import PublishStatus
+from .retrying import until_answered
+from .scripts import PublishReply, PublishStatus
 
 if TYPE_CHECKING:
     from .codec import OperationCodec
@@ -135,62 +132,29 @@ class Writer:
         self.sequence += 1
         sequence = str(self.sequence)
         argv = self._argv(items, sequence)
-        deadline = time.monotonic() + self.options.publish_timeout
-        delay = 0.05
-        attempt = 0
         script = self.backbone.scripts.publish
         client = self.backbone.redis
         keys = (self._stream, self.record_key)
         wait = self.options.min_replicas
         wait_ms = int(self.options.replica_timeout * 1000)
-        replicas = 0
-        while True:
-            attempt += 1
-            try:
-                remaining = deadline - time.monotonic()
-                async with asyncio.timeout(
-                    max(remaining, 0.001)
-                    + (self.options.replica_timeout if wait else 0)
-                ):
-                    reply, replicas = await script.append(
-                        client, keys, argv, replicas=wait, timeout_ms=wait_ms
-                    )
-                break
-            except (rex.ResponseError, rex.DataError) as exc:
-                if is_transient(exc):
-                    last_error: BaseException = exc
-                else:
-                    raise BatchRefused(
-                        f"Redis refused to append to {self._stream}: {exc}"
-                    ) from exc
-            except TimeoutError as exc:
-                last_error = exc
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                last_error = exc
-            # The outcome of the failed attempt is unknown: the same batch number
-            # lets the script return what an attempt that got through wrote.
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise PublishTimeout(
-                    f"could not publish {len(items)} event(s) to {self._stream} within "
-                    f"{self.options.publish_timeout:g}s ({attempt} attempts); last "
-                    f"error: {type(last_error).__name__}: {last_error}. Check that "
-                    f"Redis at {self.backbone!r} is up, or raise "
-                    "ProducerOptions.publish_timeout"
-                ) from last_error
-            if attempt == 1:
-                log.warning(
-                    "publish to %s failed (%s: %s); retrying for up to %.1fs",
-                    self._stream,
-                    type(last_error).__name__,
-                    last_error,
-                    remaining,
-                    extra={"stream": self._stream, "events": len(items)},
+        extra = self.options.replica_timeout if wait else 0
+
+        async def attempt(remaining: float) -> tuple[PublishReply, int]:
+            async with asyncio.timeout(remaining + extra):
+                return await script.append(
+                    client, keys, argv, replicas=wait, timeout_ms=wait_ms
                 )
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, 1.0)
+
+        reply, replicas = await until_answered(
+            attempt,
+            timeout=self.options.publish_timeout,
+            what=f"publish {len(items)} event(s) to {self._stream}",
+            where=repr(self.backbone),
+            refused=lambda exc: BatchRefused(
+                f"Redis refused to append to {self._stream}: {exc}"
+            ),
+            log_extra={"stream": self._stream, "events": len(items)},
+        )
         stream = self._stream
         status = reply.status
         if status is PublishStatus.REFUSED:  # an earlier attempt's, answer lost

@@ -18,19 +18,15 @@ import asyncio
 import dataclasses
 import logging
 import secrets
-import time
 from typing import TYPE_CHECKING
-
-import redis.exceptions as rex
 
 from ..errors import (
     ConcurrencyError,
     ConfigurationError,
     PublishError,
-    PublishTimeout,
 )
 from ..events import EventId
-from ..faults import is_transient
+from ..retrying import until_answered
 from ..scripts import AppendReply, AppendStatus
 from ..writer import Item, Writer
 from .expected import ExpectedVersion, wire
@@ -140,54 +136,28 @@ class Appender:
     ) -> AppendReply:
         """Run the script until an attempt is answered (transient failures are
         retried with the same batch number until ``publish_timeout``)."""
-        timeout = self.options.publish_timeout
-        deadline = time.monotonic() + timeout
-        delay = 0.05
-        attempt = 0
         stream = self.keys.stream
-        while True:
-            attempt += 1
-            try:
-                async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
-                    return await self.backbone.scripts.append.append(
-                        self.backbone.redis,
-                        stream=stream,
-                        index=index,
-                        record=slot.record,
-                        expected=rule,
-                        aggregate_id=aggregate_id,
-                        argv=argv,
-                    )
-            except (rex.ResponseError, rex.DataError) as exc:
-                if not is_transient(exc):
-                    raise PublishError(
-                        f"Redis refused to append to aggregate {aggregate_id!r} of "
-                        f"{stream}: {exc}"
-                    ) from exc
-                last_error: BaseException = exc
-            except TimeoutError as exc:
-                last_error = exc
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                last_error = exc
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise PublishTimeout(
-                    f"could not append to aggregate {aggregate_id!r} of {stream} "
-                    f"within {timeout:g}s ({attempt} attempts); last error: "
-                    f"{type(last_error).__name__}: {last_error}. Check that Redis "
-                    f"at {self.backbone!r} is up, or raise "
-                    "ProducerOptions.publish_timeout"
-                ) from last_error
-            if attempt == 1:
-                log.warning(
-                    "append to %s failed (%s: %s); retrying for up to %.1fs",
-                    stream,
-                    type(last_error).__name__,
-                    last_error,
-                    remaining,
-                    extra={"stream": stream, "aggregate": aggregate_id},
+
+        async def attempt(remaining: float) -> AppendReply:
+            async with asyncio.timeout(remaining):
+                return await self.backbone.scripts.append.append(
+                    self.backbone.redis,
+                    stream=stream,
+                    index=index,
+                    record=slot.record,
+                    expected=rule,
+                    aggregate_id=aggregate_id,
+                    argv=argv,
                 )
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, 1.0)
+
+        return await until_answered(
+            attempt,
+            timeout=self.options.publish_timeout,
+            what=f"append to aggregate {aggregate_id!r} of {stream}",
+            where=repr(self.backbone),
+            refused=lambda exc: PublishError(
+                f"Redis refused to append to aggregate {aggregate_id!r} of "
+                f"{stream}: {exc}"
+            ),
+            log_extra={"stream": stream, "aggregate": aggregate_id},
+        )
