@@ -441,3 +441,20 @@ async def test_an_invalid_argument_records_nothing(bus: backbone.Backbone) -> No
     with pytest.raises(backbone.ValidationError, match="product_id"):
         shipment.record_packing("a@example.com", "one", moment(0))  # type: ignore[arg-type]
     assert (shipment.pending, shipment.state.steps) == (0, [])
+
+
+async def test_a_snapshot_beyond_the_aggregates_events_is_ignored(
+    bus: backbone.Backbone,
+) -> None:
+    """A snapshot claiming more events than the index holds is wrong (a cache,
+    never the truth): loading replays, and the aggregate can still be saved."""
+    repo = bus.aggregates(URI, Shipment)
+    await placed(repo, "order-1", packings=3)  # version 4: snapshot at 4
+    await bus.redis.hset(bus.keys(URI).snapshot("order-1"), "v", "50")
+    loaded = await repo.load("order-1")
+    assert loaded.version == 4
+    assert (
+        loaded.state == (await bus.aggregates(URI, Unsnapshotted).load("order-1")).state
+    )
+    await placed_packing(repo, "order-1")
+    assert (await repo.load("order-1")).version == 5

@@ -235,3 +235,44 @@ async def test_names_and_options_are_checked(bus: backbone.Backbone) -> None:
         backbone.Projection(bus, URI, "a", handler, ShipmentTrackingDispatcher, page=0)
     with pytest.raises(backbone.ContractError, match="implements no operation"):
         backbone.Projection(bus, URI, "a", object(), ShipmentTrackingDispatcher)
+
+
+async def test_a_write_redis_refuses_stops_the_projection_until_rebuilt(
+    bus: backbone.Backbone,
+) -> None:
+    """Redis applies the rest of a transaction when one command fails at run
+    time: the page goes in without that write. The projection says so and
+    refuses to go on (a read model missing a write is not silently kept) until
+    it is rebuilt."""
+    await publish(bus, 0, 6)
+    keys = bus.keys(URI)
+    projection = counts_projection(bus, page=10)
+    by_email = keys.projection("counts", "by-email")
+    await bus.redis.hset(by_email, "u1@example.com", "not-a-number")
+    with pytest.raises(ProjectionError, match=r"refused a write queued for .*rebuild"):
+        await projection.catch_up()
+    status = await projection.status()
+    assert status.broken is not None
+    # The page went in, without the refused write: that is what must be rebuilt.
+    assert await bus.redis.hget(by_email, "u1@example.com") == b"not-a-number"
+    assert await bus.redis.hget(by_email, "u0@example.com") is not None
+    with pytest.raises(ProjectionError, match="must be rebuilt"):
+        await projection.catch_up()
+    await bus.redis.hdel(by_email, "u1@example.com")
+    assert await projection.rebuild() == 6
+    assert await read_model(bus) == fold(range(6))
+    assert (await projection.status()).broken is None
+
+
+@pytest.mark.parametrize("checkpoint", ["garbage", "5", "1-2-3"])
+async def test_an_unreadable_checkpoint_is_an_error_naming_it(
+    bus: backbone.Backbone, checkpoint: str
+) -> None:
+    await publish(bus, 0, 3)
+    projection = counts_projection(bus)
+    await bus.redis.hset(bus.keys(URI).projection("counts"), "id", checkpoint)
+    with pytest.raises(ProjectionError, match="not an entry id"):
+        await projection.catch_up()
+    with pytest.raises(ProjectionError, match="rebuild"):
+        await backbone.store.projection_status(bus, URI, "counts")
+    assert await projection.rebuild() == 3

@@ -23,6 +23,7 @@ from .common import (
     RedisUrl,
     configure_logging,
     console,
+    errors,
     fail,
     print_table,
     run,
@@ -197,3 +198,26 @@ def status_projection(
         str(status.skipped),
     )
     print_table(table, whole=True)
+    if status.broken:
+        errors.print(
+            f"projection {status.name} must be rebuilt: {status.broken}",
+            markup=False,
+            highlight=False,
+        )
+    if (
+        status.checkpoint
+        and status.last_id
+        and _key(status.checkpoint) > _key(status.last_id)
+    ):
+        errors.print(
+            f"the checkpoint {status.checkpoint} is after the stream's last entry "
+            f"{status.last_id}: the stream was replaced or the checkpoint written "
+            "by hand; events before it are never applied (rebuild the projection)",
+            markup=False,
+            highlight=False,
+        )
+
+
+def _key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms or 0), int(seq or 0)

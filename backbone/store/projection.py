@@ -34,6 +34,7 @@ from ..events import (
     EventId,
     as_text,
 )
+from . import ranges
 
 if TYPE_CHECKING:
     from redis.asyncio.client import Pipeline
@@ -58,7 +59,13 @@ Entry = tuple[str, dict[bytes, bytes]]
 
 
 class ProjectionError(BackboneError):
-    """A projection's handler failed: nothing of the page was written."""
+    """A projection cannot go on: its handler failed (nothing of the page was
+    written), Redis refused a write of a page (the projection must be rebuilt),
+    or its checkpoint is unreadable."""
+
+
+BROKEN: Final = b"broken"
+"""Checkpoint field set when a page was committed without a refused write."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -110,14 +117,30 @@ class ProjectionStatus:
     """Events applied since the last rebuild (kept with the checkpoint)."""
     skipped: int
     """Bad events skipped since the last rebuild."""
+    broken: str | None = None
+    """Set when Redis refused a write of an applied page: the read model misses
+    it; the projection refuses to go on until rebuilt."""
 
 
 def next_id(entry_id: str) -> str:
-    """The smallest entry id after ENTRY_ID (an inclusive XRANGE start)."""
-    ms, _, seq = entry_id.partition("-")
-    if int(seq) >= 2**64 - 1:
-        return f"{int(ms) + 1}-0"
-    return f"{ms}-{int(seq) + 1}"
+    """The smallest entry id after checkpoint ENTRY_ID (an inclusive XRANGE
+    start); a checkpoint that is not an entry id is a :class:`ProjectionError`."""
+    try:
+        after = ranges.next_id(entry_id)
+    except ConfigurationError:
+        raise ProjectionError(
+            f"the checkpoint {entry_id!r} is not an entry id (written by something "
+            "else than backbone?); rebuild the projection"
+        ) from None
+    return after or "+"
+
+
+def _count(saved: Mapping[Any, Any], field: bytes) -> int:
+    """A counter of the checkpoint hash (0 when missing or unreadable)."""
+    try:
+        return int(saved.get(field, 0))
+    except ValueError:
+        return 0
 
 
 async def projection_status(
@@ -140,8 +163,9 @@ async def projection_status(
         last_id=last_id,
         lag=min(len(behind), cap),
         lag_exact=len(behind) <= cap,
-        applied=int(saved.get(b"n", 0)),
-        skipped=int(saved.get(b"s", 0)),
+        applied=_count(saved, b"n"),
+        skipped=_count(saved, b"s"),
+        broken=as_text(saved[BROKEN]) if BROKEN in saved else None,
     )
 
 
@@ -275,6 +299,12 @@ class Projection:
     async def _page(self, writes: Pipeline) -> bool:
         await writes.watch(self.checkpoint_key)
         raw = await writes.hget(self.checkpoint_key, "id")
+        broken = await writes.hget(self.checkpoint_key, BROKEN)
+        if broken is not None:
+            await writes.unwatch()  # type: ignore[no-untyped-call]
+            raise ProjectionError(
+                f"projection {self.name} must be rebuilt: {as_text(broken)}"
+            )
         self._cursor = None if raw is None else as_text(raw)
         start = "-" if self._cursor is None else next_id(self._cursor)
         found: list[Any] = (
@@ -288,14 +318,34 @@ class Projection:
         payloads = await self._payloads(entries)
         writes.multi()  # type: ignore[no-untyped-call]
         counts = ProjectionStats(pages=1)
+        queued_by: list[str] = []  # the event each queued command is for
         for (entry_id, fields), payload in zip(entries, payloads, strict=True):
             await self._apply(writes, entry_id, fields, payload, counts)
+            queued_by += [entry_id] * (len(writes.command_stack) - len(queued_by))
         last = entries[-1][0]
         writes.hset(self.checkpoint_key, "id", last)
         writes.hincrby(self.checkpoint_key, "n", counts.applied)
         writes.hincrby(self.checkpoint_key, "s", counts.skipped)
-        await writes.execute()
+        results = await writes.execute(raise_on_error=False)
         self._cursor = last
+        refused = [
+            (queued_by[i] if i < len(queued_by) else "the checkpoint", result)
+            for i, result in enumerate(results)
+            if isinstance(result, Exception)
+        ]
+        if refused:
+            # Redis applies the rest of a transaction when one command fails at
+            # run time: the page is in, without that write. Say so, and stay
+            # stopped until a rebuild, rather than go on with a read model that
+            # silently misses it.
+            event, error = refused[0]
+            message = (
+                f"Redis refused a write queued for {event} ({error}); the page up "
+                f"to {last} was committed without it, so the read model misses it: "
+                "fix the data it writes to, then rebuild the projection"
+            )
+            await self.backbone.redis.hset(self.checkpoint_key, BROKEN, message)
+            raise ProjectionError(f"projection {self.name}: {message}")
         for field in ("applied", "skipped", "unimplemented", "pages"):
             total = getattr(self.stats, field) + getattr(counts, field)
             setattr(self.stats, field, total)

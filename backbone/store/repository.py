@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from .appender import Appender
 from .expected import ExpectedVersion
 from .history import RecordedEvent, read_range
 from .snapshots import load_snapshot, store_snapshot
+
+log = logging.getLogger("backbone.store")
 
 if TYPE_CHECKING:
     from ..connection import Backbone
@@ -105,7 +108,21 @@ class Repository(Generic[A]):
                 type(aggregate).snapshot_schema,
             )
             if found is not None:
-                aggregate.state, aggregate.version = found
+                state, version = found
+                length = await self.version(aggregate_id)
+                if version <= length:
+                    aggregate.state, aggregate.version = state, version
+                else:
+                    # A cache that claims more events than the aggregate has is
+                    # wrong (written by hand, or its index was replaced): replay.
+                    log.warning(
+                        "aggregate %s of %s: its snapshot is at version %d but it "
+                        "has %d event(s); ignoring the snapshot",
+                        aggregate_id,
+                        self.keys.stream,
+                        version,
+                        length,
+                    )
         while True:
             first = aggregate.version + 1
             events = await read_range(
