@@ -33,14 +33,14 @@ async def until_answered(
     timeout: float,
     what: str,
     where: str,
-    refused: Callable[[Exception], BaseException],
+    refused: Callable[[Exception], BaseException] | None,
     log_extra: Mapping[str, Any],
 ) -> T:
     """Run ATTEMPT (given the seconds left) until it is answered; retry lost
     connections and timeouts with a growing pause until TIMEOUT, then raise
     :class:`PublishTimeout` naming WHAT and the last error. An error reply that
-    is not transient raises ``REFUSED(error)``. WHERE names the Redis in the
-    timeout's message."""
+    is not transient raises ``REFUSED(error)`` (the error itself when REFUSED is
+    None). WHERE names the Redis in the timeout's message."""
     deadline = time.monotonic() + timeout
     delay = 0.05
     count = 0
@@ -50,6 +50,8 @@ async def until_answered(
             return await attempt(max(deadline - time.monotonic(), 0.001))
         except (rex.ResponseError, rex.DataError) as exc:
             if not is_transient(exc):
+                if refused is None:
+                    raise
                 raise refused(exc) from exc
             last: BaseException = exc
         except TimeoutError as exc:

@@ -398,6 +398,25 @@ async def test_a_lost_reply_of_an_append_is_retried_without_a_duplicate(
     assert index[1].decode() == ids[0].id
 
 
+async def test_a_load_survives_a_lost_connection(
+    proxy: FlakyProxy, real_bus: backbone.Backbone, environment: str
+) -> None:
+    """Reads change nothing: a load whose connection drops is retried, and an
+    execute goes through."""
+    async with backbone.Backbone(proxy.url, environment=environment) as bus:
+        repo = bus.aggregates(URI, Shipment)
+        await placed(repo, "order-1")
+        proxy.drop_replies(1)
+        loaded = await repo.load("order-1")
+        assert proxy.dropped == 1
+        assert loaded.version == 1
+        proxy.drop_replies(1)
+        packed = await repo.execute("order-1", lambda s: s.pack(5, moment(1)))
+        assert proxy.dropped == 2
+    assert packed.version == 2
+    assert await stored_counts(real_bus, URI, "order-1") == (2, 2, 2)
+
+
 async def test_a_late_attempt_of_an_append_writes_nothing(
     proxy: FlakyProxy, real_bus: backbone.Backbone, environment: str
 ) -> None:

@@ -17,6 +17,7 @@ from ..errors import ConcurrencyError, ConfigurationError
 from ..keys import validate_aggregate_id
 from ..producer import Producer
 from ..producer_options import ProducerOptions, default_identity
+from ..retrying import until_answered
 from ..writer import Item
 from .aggregate import Aggregate
 from .appender import Appender
@@ -96,8 +97,21 @@ class Repository(Generic[A]):
 
     async def load(self, aggregate_id: str) -> A:
         """The aggregate AGGREGATE_ID: its latest usable snapshot, then its events
-        after it folded in. One without events is new (version 0)."""
+        after it folded in. One without events is new (version 0).
+
+        Reads change nothing, so a lost connection is retried (from the start,
+        with a fresh instance) until ``publish_timeout``, like an append."""
         validate_aggregate_id(aggregate_id)
+        return await until_answered(
+            lambda _remaining: self._load(aggregate_id),
+            timeout=self.options.publish_timeout,
+            what=f"load aggregate {aggregate_id!r} of {self.keys.stream}",
+            where=repr(self.backbone),
+            refused=None,
+            log_extra={"stream": self.keys.stream, "aggregate": aggregate_id},
+        )
+
+    async def _load(self, aggregate_id: str) -> A:
         aggregate = self.factory()
         aggregate.id = aggregate_id
         if self._snapshots is not None:
