@@ -276,3 +276,20 @@ async def test_an_unreadable_checkpoint_is_an_error_naming_it(
     with pytest.raises(ProjectionError, match="rebuild"):
         await backbone.store.projection_status(bus, URI, "counts")
     assert await projection.rebuild() == 3
+
+
+async def test_a_checkpoint_ahead_of_the_stream_is_reported(
+    bus: backbone.Backbone, caplog: pytest.LogCaptureFixture
+) -> None:
+    await publish(bus, 0, 2)
+    projection = counts_projection(bus)
+    await bus.redis.hset(bus.keys(URI).projection("counts"), "id", "99999999999999-0")
+    with caplog.at_level(logging.WARNING, logger="backbone.projection"):
+        running = asyncio.ensure_future(projection.run())
+        await eventually(
+            lambda: any("is after the last entry" in r.message for r in caplog.records),
+            message="warning",
+        )
+        projection.stop()
+        await asyncio.wait_for(running, 10)
+    assert projection.stats.applied == 0

@@ -180,6 +180,7 @@ class Projection:
         """Catch up, then follow the stream live until :meth:`stop` (the page
         being applied is finished and its checkpoint written first)."""
         self._stopping.clear()
+        await self._warn_if_ahead()
         while not self._stopping.is_set():
             wakeup = self.backbone.wakeup_event(self.stream)
             if await self._step():
@@ -187,6 +188,22 @@ class Projection:
             if self._stopping.is_set():
                 break
             await self._wait(wakeup)
+
+    async def _warn_if_ahead(self) -> None:
+        """A checkpoint after the stream's last entry (the stream was replaced,
+        or the checkpoint written by hand) would skip every event up to it."""
+        status = await self.status(cap=0)
+        checkpoint, last = status.checkpoint, status.last_id
+        if checkpoint and last and _id_key(checkpoint) > _id_key(last):
+            log.warning(
+                "projection %s: its checkpoint %s is after the last entry %s of "
+                "%s; events up to the checkpoint are never applied (rebuild the "
+                "projection if the stream was replaced)",
+                self.name,
+                checkpoint,
+                last,
+                self.stream,
+            )
 
     def stop(self) -> None:
         """Ask :meth:`run` to return after the page it is applying."""
@@ -377,3 +394,8 @@ class Projection:
 def _discard(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms or 0), int(seq or 0)
