@@ -13,7 +13,9 @@ arguments and its reply (the scripts' own headers document the wire format):
 * ``dead_letter.lua`` moves one event to the dead-letter stream:
   :class:`DeadLetterScript`;
 * ``redrive.lua`` appends a dead letter's event again: :class:`RedriveScript`;
-* ``group.lua`` recreates a vanished consumer group: :class:`GroupScript`.
+* ``group.lua`` recreates a vanished consumer group: :class:`GroupScript`;
+* ``forget_consumer.lua`` removes a stopped consumer that holds nothing:
+  :class:`ForgetConsumerScript`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ __all__ = [
     "AppendScript",
     "AppendStatus",
     "DeadLetterScript",
+    "ForgetConsumerScript",
     "GroupScript",
     "PublishReply",
     "PublishScript",
@@ -301,12 +304,25 @@ class GroupScript(Script):
         return bool(created), as_text(position)
 
 
+class ForgetConsumerScript(Script):
+    """``forget_consumer.lua``: remove a consumer that holds no pending entry."""
+
+    __slots__ = ()
+
+    async def forget(
+        self, client: aioredis.Redis, *, stream: str, group: str, consumer: str
+    ) -> bool:
+        """True when CONSUMER was removed from GROUP (it held nothing)."""
+        return bool(await self.run(client, (stream,), (group, consumer)))
+
+
 class Scripts:
     """The scripts backbone runs, compiled once per connection."""
 
     __slots__ = (
         "append",
         "dead_letter",
+        "forget_consumer",
         "group",
         "publish",
         "read",
@@ -322,3 +338,4 @@ class Scripts:
         self.dead_letter = DeadLetterScript("dead_letter")
         self.redrive = RedriveScript("redrive")
         self.group = GroupScript("group")
+        self.forget_consumer = ForgetConsumerScript("forget_consumer")

@@ -301,3 +301,37 @@ async def test_concurrent_starts_make_one_subscription(
     await sub.stop()
     assert [args[1] for _, args, _ in handler.calls] == list(range(20))  # in order
     assert handler.duplicates() == 0
+
+
+async def consumers(bus: backbone.Backbone) -> dict[str, int]:
+    rows = await bus.redis.xinfo_consumers(bus.keys(URI).stream, "g")
+    return {row["name"].decode(): int(row["pending"]) for row in rows}
+
+
+async def test_a_clean_stop_leaves_no_consumer_behind(bus: backbone.Backbone) -> None:
+    """Processes named <host>-<pid> would pile up in the group, one per restart:
+    a consumer that holds nothing leaves its group when it stops."""
+    handler = Flaky()
+    producer = shipment_tracking_producer(bus, URI)
+    async with subscribe_shipment_tracking(
+        bus, URI, handler, group="g", consumer="gone", start=BEGINNING
+    ) as sub:
+        await producer.packing("a@example.com", 1, moment())
+        await eventually(lambda: handler.count() == 1, message="handled")
+        await eventually(lambda: sub.in_flight == 0, message="acked")
+        assert "gone" in await consumers(bus)
+    assert "gone" not in await consumers(bus)
+
+
+async def test_a_consumer_that_holds_events_stays_with_them(
+    bus: backbone.Backbone,
+) -> None:
+    stuck = Flaky(gate=asyncio.Event())
+    options = backbone.SubscriptionOptions(shutdown_timeout=0.05)
+    sub = await subscribe_shipment_tracking(
+        bus, URI, stuck, group="g", consumer="holder", start=BEGINNING, options=options
+    )
+    await shipment_tracking_producer(bus, URI).packing("a@example.com", 1, moment())
+    await eventually(lambda: stuck.running == 1, message="handler started")
+    await sub.stop()
+    assert (await consumers(bus)).get("holder") == 1  # its event stays pending

@@ -378,3 +378,24 @@ class Subscription:
             await asyncio.wait_for(acker, timeout=max(timeout, 1.0))
         except TimeoutError:
             log.warning("%s: final acks not written; those events stay pending", self)
+            return
+        await self._forget_consumer()
+
+    async def _forget_consumer(self) -> None:
+        """A clean stop leaves no trace: this consumer leaves its group when it
+        holds no pending entry (processes named ``<host>-<pid>`` would otherwise
+        pile up in the group, one per restart)."""
+        state = self._state
+        try:
+            async with asyncio.timeout(2.0):
+                removed = await state.backbone.scripts.forget_consumer.forget(
+                    state.redis,
+                    stream=state.stream,
+                    group=state.group,
+                    consumer=state.consumer,
+                )
+        except Exception as exc:  # a stop never fails on this tidying
+            log.debug("%s: consumer not removed from its group: %s", self, exc)
+            return
+        if removed:
+            log.debug("%s: removed from its group (nothing pending)", self)
