@@ -15,6 +15,7 @@ module                    stage
 ``acker``                 writes acks the reader did not carry
 ``group``                 creates and recreates the consumer group
 ``idempotency``           per-group marks of handled events (opt-in)
+``signals``               one signal handling per loop for every subscription
 ``context``               the handler's EventContext from entry metadata
 ``delivery``              one held event
 ========================  ====================================================
