@@ -132,6 +132,12 @@ class EventContext:
             await self._ack()
 
 
+def id_key(entry_id: str) -> tuple[int, int]:
+    """An entry id (``<ms>-<seq>``) as a pair that sorts as Redis orders ids."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms or 0), int(seq or 0)
+
+
 def as_text(value: bytes | str | None) -> str:
     """A Redis reply value as text (bytes that are not UTF-8 are replaced)."""
     if value is None:

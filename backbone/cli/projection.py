@@ -204,11 +204,7 @@ def status_projection(
             markup=False,
             highlight=False,
         )
-    if (
-        status.checkpoint
-        and status.last_id
-        and _key(status.checkpoint) > _key(status.last_id)
-    ):
+    if status.ahead:
         errors.print(
             f"the checkpoint {status.checkpoint} is after the stream's last entry "
             f"{status.last_id}: the stream was replaced or the checkpoint written "
@@ -216,8 +212,3 @@ def status_projection(
             markup=False,
             highlight=False,
         )
-
-
-def _key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms or 0), int(seq or 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ..events import F_REDRIVE_ORIGIN, as_text
+from ..events import F_REDRIVE_ORIGIN, as_text, id_key
 
 __all__ = ["Delivery", "before", "id_key", "logical_id", "pairs"]
 
@@ -53,12 +53,6 @@ def logical_id(d: Delivery) -> str:
     """The event's own id: the original one for a re-driven entry."""
     origin = d.fields.get(F_REDRIVE_ORIGIN)
     return as_text(origin) if origin else d.entry_id
-
-
-def id_key(entry_id: str) -> tuple[int, int]:
-    """An entry id as a sortable pair (ms, seq)."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms or 0), int(seq or 0)
 
 
 def before(entry_id: str) -> str:

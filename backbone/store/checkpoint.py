@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import BackboneError, ConfigurationError
-from ..events import as_text
+from ..events import as_text, id_key
 from . import ranges
 
 if TYPE_CHECKING:
@@ -62,6 +62,14 @@ class ProjectionStatus:
     broken: str | None = None
     """Set when Redis refused a write of an applied page: the read model misses
     it; the projection refuses to go on until rebuilt."""
+
+    @property
+    def ahead(self) -> bool:
+        """True when the checkpoint is after the stream's last entry (the stream
+        was replaced, or the checkpoint written by hand): events up to the
+        checkpoint are never applied."""
+        checkpoint, last = self.checkpoint, self.last_id
+        return bool(checkpoint and last and id_key(checkpoint) > id_key(last))
 
 
 def next_id(entry_id: str) -> str:

@@ -193,15 +193,14 @@ class Projection:
         """A checkpoint after the stream's last entry (the stream was replaced,
         or the checkpoint written by hand) would skip every event up to it."""
         status = await self.status(cap=0)
-        checkpoint, last = status.checkpoint, status.last_id
-        if checkpoint and last and _id_key(checkpoint) > _id_key(last):
+        if status.ahead:
             log.warning(
                 "projection %s: its checkpoint %s is after the last entry %s of "
                 "%s; events up to the checkpoint are never applied (rebuild the "
                 "projection if the stream was replaced)",
                 self.name,
-                checkpoint,
-                last,
+                status.checkpoint,
+                status.last_id,
                 self.stream,
             )
 
@@ -394,8 +393,3 @@ class Projection:
 def _discard(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms or 0), int(seq or 0)
