@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from .connection import Backbone
 from .consume import Subscription, SubscriptionStats
-from .contract import ContractSpec, OperationSpec, contract, describe, operation
+from .contract import ContractSpec, OperationSpec, contract, operation
 from .deadletters import DeadLetter, DeadLetterReason, DeadLetters
+from .describe import describe
 from .dispatch import CompiledContract, Dispatcher, Route, bind, route
 from .errors import (
     BackboneError,

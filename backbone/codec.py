@@ -21,6 +21,13 @@ consumer's annotation turns them back. A field the producer did not write (an
 older producer) takes the parameter's default; fields the consumer does not know
 (a newer producer) are ignored.
 
+Each event records its operation's version. A payload of an older version is
+read whole, passed through the operation's upcasters (version K to K + 1, up to
+the current one) and then read like a current one, so handlers only ever see the
+current shape. A payload of a newer version is read as if current when it fits
+(the newer version only added parameters); otherwise it fails as
+``newer-version``.
+
 Arguments are validated strictly, except that a value of exactly the parameter's
 scalar type (``type(value) is int``, never a subclass such as ``bool``) is
 already valid. Strict validation takes a model instance as it is, and instances
@@ -38,7 +45,7 @@ import functools
 import struct
 import typing
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import msgpack
@@ -46,6 +53,7 @@ import pydantic
 
 from .contract import SCALAR_TYPES, OperationSpec, ParamSpec
 from .errors import DecodeError, ValidationError
+from .events import as_text
 
 __all__ = ["OperationCodec", "pack_value", "unpack_value"]
 
@@ -307,8 +315,106 @@ class OperationCodec:
             out.append(encoded)
         return out
 
+    @property
+    def version(self) -> int:
+        """The operation's current version (the one this codec writes)."""
+        return self.operation.version
+
+    def decode(self, fields: Mapping[bytes, bytes], version: int | None) -> list[Any]:
+        """Decode a whole payload hash (field -> value) written as VERSION of the
+        operation (None: unknown, read as the current one)."""
+        if version is not None and version < self.operation.version:
+            return self.decode_older(fields, version)
+        values = [fields.get(name) for name in self.field_names]
+        if version is not None and version > self.operation.version:
+            return self.decode_newer(values, version)
+        return self.decode_values(values)
+
+    def decode_newer(self, raws: Sequence[bytes | None], version: int) -> list[Any]:
+        """Decode the values (in parameter order) of a payload written by a newer
+        version of the operation: it works when that version only added
+        parameters; otherwise :class:`DecodeError` ``newer-version``."""
+        try:
+            return self.decode_values(raws)
+        except DecodeError as exc:
+            raise DecodeError(
+                "newer-version",
+                f"{self.operation.qualified_name}: the event was written by version "
+                f"{version} of the operation and this consumer knows version "
+                f"{self.operation.version}, whose shape it does not fit ({exc}); "
+                "regenerate this consumer from the newer contract",
+            ) from exc
+
+    def decode_older(self, fields: Mapping[bytes, bytes], version: int) -> list[Any]:
+        """Decode a whole payload hash written by an older VERSION of the
+        operation: its values, through the upcasters from VERSION up to the
+        current version, then validated like a current payload."""
+        op = self.operation
+        payload: dict[str, Any] = {}
+        for name, raw in fields.items():
+            try:
+                payload[as_text(name)] = _unpack(raw)
+            except Exception as exc:
+                raise DecodeError(
+                    "undecodable",
+                    f"{op.qualified_name}: field {as_text(name)!r} (version "
+                    f"{version}) is not valid msgpack ({type(exc).__name__}: {exc})",
+                ) from exc
+        for step in range(version, op.version):
+            upcaster = op.upcasters.get(step)
+            if upcaster is None:
+                continue  # a compatible step: added parameters have defaults
+            what = getattr(upcaster, "__qualname__", repr(upcaster))
+            try:
+                result = upcaster(dict(payload))
+            except Exception as exc:
+                raise DecodeError(
+                    "upcast-failed",
+                    f"{op.qualified_name}: upcaster {what} (version {step} to "
+                    f"{step + 1}) failed on this event: {type(exc).__name__}: {exc}",
+                ) from exc
+            if not isinstance(result, Mapping):
+                raise DecodeError(
+                    "upcast-failed",
+                    f"{op.qualified_name}: upcaster {what} (version {step} to "
+                    f"{step + 1}) returned {type(result).__name__}, not a mapping of "
+                    "parameter names to values",
+                )
+            payload = {str(key): value for key, value in result.items()}
+        return self.decode_mapping(payload, f"upcast from version {version}")
+
+    def decode_mapping(self, payload: Mapping[str, Any], origin: str) -> list[Any]:
+        """Validate unpacked PAYLOAD values (parameter name -> value) into the
+        arguments; ORIGIN says where the payload came from, for errors."""
+        args: list[Any] = []
+        for exact, validate, param in self._decoders:
+            if param.name not in payload:
+                if param.has_default:
+                    args.append(param.default)
+                    continue
+                raise DecodeError(
+                    "invalid-payload",
+                    f"{self.operation.qualified_name}: the payload ({origin}) has no "
+                    f"field {param.name!r} and the parameter has no default; add an "
+                    "upcaster that sets it, or give the parameter a default",
+                )
+            obj = payload[param.name]
+            if type(obj) is exact:
+                args.append(obj)
+                continue
+            try:
+                args.append(validate(obj))
+            except pydantic.ValidationError as exc:
+                raise DecodeError(
+                    "invalid-payload",
+                    f"{self.operation.qualified_name}: field {param.name!r} ({origin}) "
+                    f"does not fit its annotation: {_one_line(exc)}",
+                ) from exc
+        return args
+
     def decode_values(self, raws: Sequence[bytes | None]) -> list[Any]:
-        """Decode the payload's values given in parameter order (None: absent)."""
+        """Decode the payload's values given in parameter order (None: absent),
+        written by the current version of the operation."""
         args: list[Any] = []
         append = args.append
         unpack = _unpack

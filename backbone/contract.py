@@ -8,8 +8,11 @@ that both the code generator and the runtime work from::
         async def packing(self, email: str, product_id: int, time: datetime) -> None:
             ...
 
-``describe`` validates the whole contract and raises :class:`ContractError` naming
-the file, line, method and the change to make when something cannot be carried.
+An operation's shape may change over time: ``@operation(version=N,
+upcasters=...)`` declares its current version and the functions that turn the
+payload of an older version into the next one's; ``deprecated`` and ``retired``
+mark older versions producers should no longer write (docs/event-lifecycle.md).
+:func:`backbone.describe.describe` validates a whole contract.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import hashlib
 import inspect
 import re
 import typing
-from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
+from typing import Any, Final, TypeAlias, TypeVar
 
 from .carriable import SCALAR_TYPES, type_repr, unsupported_reason
 from .errors import ContractError
@@ -30,10 +34,12 @@ __all__ = [
     "ContractSpec",
     "OperationSpec",
     "ParamSpec",
+    "Upcaster",
     "contract",
-    "describe",
+    "contract_mark",
     "is_contract",
     "operation",
+    "operation_mark",
     "type_repr",
     "unsupported_reason",
 ]
@@ -43,6 +49,11 @@ _OPERATION_ATTR: Final = "__backbone_operation__"
 _NAME_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
 
 _T = TypeVar("_T")
+
+Upcaster: TypeAlias = Callable[[dict[str, Any]], Mapping[str, Any]]
+"""Turns the payload of one version of an operation (parameter name -> value, as
+stored) into the payload of the next version."""
+_NO_UPCASTERS: Final[Mapping[int, Upcaster]] = MappingProxyType({})
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -82,10 +93,29 @@ class OperationSpec:
     params: tuple[ParamSpec, ...]
     doc: str | None
     line: int | None
+    upcasters: Mapping[int, Upcaster] = dataclasses.field(
+        default_factory=lambda: _NO_UPCASTERS, hash=False, compare=False
+    )
+    """From-version -> function to the next version's payload (a missing step
+    keeps the payload as it is)."""
+    deprecated: frozenset[int] = frozenset()
+    retired: frozenset[int] = frozenset()
 
     @property
     def qualified_name(self) -> str:
         return f"{self.contract}.{self.method}"
+
+    def status_of(self, version: int) -> str:
+        """``current``, ``deprecated``, ``retired``, ``older`` or ``newer``."""
+        if version == self.version:
+            return "current"
+        if version > self.version:
+            return "newer"
+        if version in self.retired:
+            return "retired"
+        if version in self.deprecated:
+            return "deprecated"
+        return "older"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -123,6 +153,8 @@ class ContractSpec:
         parts = [f"{self.name}:{self.version}"]
         for op in self.operations:
             parts.append(f"{op.name}:{op.method}:{op.version}")
+            if op.deprecated or op.retired:
+                parts.append(f"~{sorted(op.deprecated)}:{sorted(op.retired)}")
             for p in op.params:
                 annotation = type_repr(p.annotation, package=package)
                 parts.append(f"{p.name}={annotation}={p.default!r}")
@@ -139,6 +171,9 @@ class _ContractMark:
 class _OperationMark:
     name: str | None
     version: int
+    upcasters: Mapping[int, Upcaster]
+    deprecated: frozenset[int]
+    retired: frozenset[int]
 
 
 @typing.overload
@@ -174,209 +209,67 @@ def contract(
     return mark(cls) if cls is not None else mark
 
 
-def operation(*, name: str | None = None, version: int = 1) -> Callable[[_F], _F]:
-    """Give one operation of a contract its own wire NAME or VERSION."""
+def operation(
+    *,
+    name: str | None = None,
+    version: int = 1,
+    upcasters: Mapping[int, Upcaster] | None = None,
+    deprecated: Iterable[int] = (),
+    retired: Iterable[int] = (),
+) -> Callable[[_F], _F]:
+    """Give one operation of a contract its own wire NAME or VERSION.
+
+    UPCASTERS maps an older version K to a function turning a payload of
+    version K (a dict, parameter name -> value) into one of version K + 1;
+    consumers apply the chain on read, so handlers see only the current shape.
+    A version without an upcaster is read as it is (right when the change only
+    added parameters with defaults). DEPRECATED versions are still written, with
+    a warning; RETIRED versions are refused when produced, and still read.
+    """
     _check_name("operation name", name)
     _check_version("operation version", version)
+    steps = dict(upcasters or {})
+    for step, upcaster in steps.items():
+        _check_older("upcaster", step, version)
+        if not callable(upcaster):
+            raise ContractError(
+                f"the upcaster from version {step} is {upcaster!r}, not a function; "
+                "pass a function taking the payload dict and returning the next "
+                "version's"
+            )
+    old = frozenset(deprecated)
+    gone = frozenset(retired)
+    for marked in (*old, *gone):
+        _check_older("deprecated or retired version", marked, version)
+    if old & gone:
+        raise ContractError(
+            f"version(s) {sorted(old & gone)} are both deprecated and retired; "
+            "list each in one of them"
+        )
+    recorded = _OperationMark(name, version, MappingProxyType(steps), old, gone)
 
     def mark(fn: _F) -> _F:
-        setattr(fn, _OPERATION_ATTR, _OperationMark(name, version))
+        setattr(fn, _OPERATION_ATTR, recorded)
         return fn
 
     return mark
 
 
+def operation_mark(fn: object) -> _OperationMark | None:
+    """What :func:`operation` recorded on FN, or None."""
+    mark = getattr(fn, _OPERATION_ATTR, None)
+    return mark if isinstance(mark, _OperationMark) else None
+
+
+def contract_mark(cls: type) -> _ContractMark | None:
+    """What :func:`contract` recorded on CLS itself (not inherited), or None."""
+    mark = vars(cls).get(_CONTRACT_ATTR)
+    return mark if isinstance(mark, _ContractMark) else None
+
+
 def is_contract(obj: object) -> bool:
     """True when OBJ is a class marked with :func:`contract` (itself, not inherited)."""
     return isinstance(obj, type) and _CONTRACT_ATTR in vars(obj)
-
-
-def describe(cls: type) -> ContractSpec:
-    """Validate contract class CLS and return its model."""
-    mark = vars(cls).get(_CONTRACT_ATTR)
-    if not isinstance(mark, _ContractMark):
-        raise ContractError(
-            f"{cls.__qualname__} is not a contract; decorate it with "
-            "@backbone.contract",
-            file=_source_file(cls),
-            line=_source_line(cls),
-        )
-    name = mark.name or cls.__name__
-    file = _source_file(cls)
-    if not getattr(cls, "_is_protocol", False):
-        raise ContractError(
-            "a contract must be a typing.Protocol class; declare it as "
-            f"`class {cls.__name__}(Protocol):`",
-            file=file,
-            line=_source_line(cls),
-            contract=name,
-        )
-    operations: list[OperationSpec] = []
-    seen: dict[str, str] = {}
-    for attr, member in _own_members(cls):
-        op = _describe_operation(cls, name, attr, member, file)
-        if op is None:
-            continue
-        if op.name in seen:
-            raise ContractError(
-                f"two operations share the name {op.name!r} (methods {seen[op.name]} "
-                f"and {attr}); give one of them another name with "
-                "@operation(name=...)",
-                file=file,
-                line=op.line,
-                contract=name,
-                method=attr,
-            )
-        seen[op.name] = attr
-        operations.append(op)
-    if not operations:
-        raise ContractError(
-            "the contract declares no operations; add at least one "
-            "`async def name(self, ...) -> None` method",
-            file=file,
-            line=_source_line(cls),
-            contract=name,
-        )
-    return ContractSpec(
-        name=name,
-        version=mark.version,
-        protocol=cls,
-        operations=tuple(operations),
-        module=cls.__module__,
-        file=file,
-        line=_source_line(cls),
-        doc=inspect.cleandoc(cls.__doc__) if cls.__doc__ else None,
-    )
-
-
-def _own_members(cls: type) -> list[tuple[str, Any]]:
-    """Methods declared by the contract and its contract-free Protocol bases."""
-    members: dict[str, Any] = {}
-    for base in reversed(cls.__mro__):
-        if base in (object, typing.Protocol, typing.Generic):
-            continue
-        if not getattr(base, "_is_protocol", False):
-            continue
-        for attr, member in vars(base).items():
-            if attr.startswith("_"):
-                continue
-            members[attr] = member
-    return list(members.items())
-
-
-def _describe_operation(
-    cls: type, contract_name: str, attr: str, member: Any, file: str | None
-) -> OperationSpec | None:
-    if isinstance(member, (staticmethod, classmethod)):
-        raise ContractError(
-            "static and class methods cannot be operations; make it a plain "
-            "`async def` method or move it out of the contract",
-            file=file,
-            line=_source_line(member.__func__),
-            contract=contract_name,
-            method=attr,
-        )
-    if isinstance(member, property) or not callable(member):
-        raise ContractError(
-            "contracts hold only operations (async methods); remove this attribute "
-            "or move it out of the contract",
-            file=file,
-            line=_source_line(cls),
-            contract=contract_name,
-            method=attr,
-        )
-    line = _source_line(member)
-
-    def fail(message: str) -> ContractError:
-        return ContractError(
-            message, file=file, line=line, contract=contract_name, method=attr
-        )
-
-    if not inspect.iscoroutinefunction(member):
-        raise fail(f"operations must be coroutines; declare it as `async def {attr}`")
-    mark = getattr(member, _OPERATION_ATTR, None)
-    op_name = attr
-    op_version = 1
-    if isinstance(mark, _OperationMark):
-        op_name = mark.name or attr
-        op_version = mark.version
-    try:
-        hints = typing.get_type_hints(member, include_extras=True)
-    except Exception as exc:  # NameError, TypeError from unresolvable annotations
-        raise fail(
-            f"its annotations cannot be resolved ({exc}); import every type the "
-            "signature names at module level"
-        ) from exc
-    signature = inspect.signature(member)
-    params: list[ParamSpec] = []
-    for index, (pname, param) in enumerate(signature.parameters.items()):
-        if index == 0:
-            if pname != "self" or param.kind is not param.POSITIONAL_OR_KEYWORD:
-                raise fail("the first parameter of an operation must be `self`")
-            continue
-        if param.kind is param.VAR_POSITIONAL:
-            raise fail(
-                f"*{pname} is not allowed: an event has named fields; list each "
-                "parameter explicitly"
-            )
-        if param.kind is param.VAR_KEYWORD:
-            raise fail(
-                f"**{pname} is not allowed: an event has named fields; list each "
-                "parameter explicitly"
-            )
-        if param.kind is param.POSITIONAL_ONLY:
-            raise fail(
-                f"parameter {pname!r} is positional-only; remove the `/` so it can "
-                "be passed by name"
-            )
-        if pname == "context":
-            raise fail(
-                "'context' is reserved for the event context handlers may take; "
-                "rename the parameter"
-            )
-        if pname.startswith("_"):
-            raise fail(
-                f"parameter {pname!r} starts with '_', which is reserved; rename it"
-            )
-        if pname not in hints:
-            raise fail(
-                f"parameter {pname!r} has no type annotation; annotate it, "
-                f"e.g. `{pname}: str`"
-            )
-        annotation = hints[pname]
-        problem = unsupported_reason(annotation)
-        if problem is not None:
-            raise fail(f"parameter {pname!r}: {problem}")
-        default: Any = NO_DEFAULT
-        if param.default is not param.empty:
-            default = param.default
-            if not _is_literal_default(default):
-                raise fail(
-                    f"parameter {pname!r} has default {default!r}; only None, bool, "
-                    "int, float, str and bytes literals can be defaults"
-                )
-        params.append(ParamSpec(pname, annotation, default))
-    if "return" not in hints:
-        raise fail("the return type is missing; declare `-> None`")
-    if hints["return"] is not type(None):
-        raise fail(
-            f"operations return nothing, but this one returns "
-            f"{type_repr(hints['return'])}; declare `-> None` (an event is a "
-            "one-way message)"
-        )
-    return OperationSpec(
-        contract=contract_name,
-        name=op_name,
-        method=attr,
-        version=op_version,
-        params=tuple(params),
-        doc=inspect.cleandoc(member.__doc__) if member.__doc__ else None,
-        line=line,
-    )
-
-
-def _is_literal_default(value: object) -> bool:
-    return value is None or type(value) in (bool, int, float, str, bytes)
 
 
 def _check_name(what: str, value: str | None) -> None:
@@ -392,14 +285,24 @@ def _check_version(what: str, value: int) -> None:
         raise ContractError(f"{what} must be an int >= 1, not {value!r}")
 
 
-def _source_file(obj: Any) -> str | None:
+def _check_older(what: str, value: object, version: int) -> None:
+    if type(value) is not int or not 1 <= value < version:
+        raise ContractError(
+            f"{what} {value!r} is not an older version of this operation; use an "
+            f"int from 1 to {version - 1} (the operation is version {version})"
+        )
+
+
+def source_file(obj: Any) -> str | None:
+    """The file OBJ was defined in, when Python knows it."""
     try:
         return inspect.getsourcefile(obj)
     except TypeError:
         return None
 
 
-def _source_line(obj: Any) -> int | None:
+def source_line(obj: Any) -> int | None:
+    """The first line of OBJ's definition, when Python knows it."""
     try:
         target = inspect.unwrap(obj)
         code = getattr(target, "__code__", None)

@@ -49,6 +49,11 @@ class DeadLetterReason(enum.StrEnum):
     """A payload field is not valid msgpack."""
     INVALID_PAYLOAD = "invalid-payload"
     """A payload value does not fit its parameter's annotation, or is missing."""
+    NEWER_VERSION = "newer-version"
+    """Written by a newer version of the operation whose payload this consumer's
+    version cannot read (regenerate the consumer from the newer contract)."""
+    UPCAST_FAILED = "upcast-failed"
+    """An upcaster raised, or returned something other than a mapping."""
     HANDLER_ERROR = "handler-error"
     """The handler failed on every one of ``max_deliveries`` deliveries."""
     TOO_MANY_DELIVERIES = "too-many-deliveries"

@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 from .codec import OperationCodec
-from .contract import ContractSpec, describe
+from .contract import ContractSpec
+from .describe import describe
 from .errors import ContractError, StaleCodeError
 
 __all__ = ["CompiledContract", "Dispatcher", "Route", "bind", "route"]

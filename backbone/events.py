@@ -138,6 +138,17 @@ def id_key(entry_id: str) -> tuple[int, int]:
     return int(ms or 0), int(seq or 0)
 
 
+def entry_version(raw: bytes | None) -> int | None:
+    """The operation version a stream entry records in ``v``: 1 when absent (the
+    first producers wrote none), None when it is not a whole number >= 1 (the
+    payload is then read as the current version)."""
+    if raw is None:
+        return 1
+    if raw.isdigit() and len(raw) < 10 and int(raw) >= 1:
+        return int(raw)
+    return None
+
+
 def as_text(value: bytes | str | None) -> str:
     """A Redis reply value as text (bytes that are not UTF-8 are replaced)."""
     if value is None:

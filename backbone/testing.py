@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Self, cast
 from .codec import OperationCodec, unpack_value
 from .connection import Backbone
 from .deadletters import DeadLetter, DeadLetters
-from .events import F_OPERATION, EventId, as_text
+from .events import F_OPERATION, F_VERSION, EventId, as_text, entry_version
 
 if TYPE_CHECKING:
     from .consume import Subscription
@@ -131,9 +131,8 @@ class TestBus(Backbone):
             )
             codec = codecs.get(name)
             if codec is not None:
-                values = codec.decode_values(
-                    [payload.get(field) for field in codec.field_names]
-                )
+                version = entry_version(raw_fields.get(F_VERSION))
+                values = codec.decode(payload, version)
                 args = dict(zip(codec.parameter_names, values, strict=True))
             else:
                 args = {as_text(k): unpack_value(v) for k, v in payload.items()}

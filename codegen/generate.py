@@ -14,7 +14,8 @@ from pathlib import Path
 from types import ModuleType
 
 import backbone
-from backbone.contract import ContractSpec, describe, is_contract
+from backbone.contract import ContractSpec, is_contract
+from backbone.describe import describe
 
 from .annotations import relative_to
 from .render import render_module

@@ -16,9 +16,12 @@ class Delivery:
 
     From read.lua it comes with its operation, re-drive group, flat fields and
     payload VALUES in parameter order; from a claim or a recovery, with its
-    fields already parsed and the same VALUES fetched separately. FAULT is the
-    text of a Redis error about this entry alone (its payload key is not a hash):
-    the entry is dead-lettered with it.
+    fields already parsed and the same VALUES fetched separately. VERSION is the
+    operation version the entry records (None: not a whole number); for a version
+    older than the consumer's, VALUES is the whole payload hash as a flat
+    field/value list instead, for the upcasters. FAULT is the text of a Redis
+    error about this entry alone (its payload key is not a hash): the entry is
+    dead-lettered with it.
     """
 
     entry_id: str
@@ -32,6 +35,7 @@ class Delivery:
     acked: bool = False
     parsed: dict[bytes, bytes] | None = None
     fault: str | None = None
+    version: int | None = 1
 
     @property
     def fields(self) -> dict[bytes, bytes]:

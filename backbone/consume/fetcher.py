@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from ..events import F_OPERATION, F_REDRIVE_GROUP, as_text
+from ..events import F_OPERATION, F_REDRIVE_GROUP, F_VERSION, as_text, entry_version
 from ..faults import is_transient
 from .delivery import Delivery, logical_id
 
@@ -37,7 +37,7 @@ class Fetcher:
         self._group_bytes = state.group.encode()
         dispatcher = state.dispatcher
         self._fields = {
-            name.encode(): codec.field_names
+            name.encode(): (codec.version, codec.field_names)
             for name, codec in dispatcher.contract.codecs.items()
             if dispatcher.implements(name)
         }
@@ -85,22 +85,28 @@ class Fetcher:
             d.parsed = fields or {}
             d.op = d.parsed.get(F_OPERATION)
             d.only = d.parsed.get(F_REDRIVE_GROUP)
+            d.version = entry_version(d.parsed.get(F_VERSION))
             deliveries.append(d)
         if not deliveries:
             return
         # Payloads only for operations this consumer handles (others are skipped
         # or dead-lettered, and the dead-letter script copies the key itself).
-        wanted: list[tuple[Delivery, tuple[bytes, ...]]] = []
+        # None instead of names: an older version, read whole (as read.lua does).
+        wanted: list[tuple[Delivery, tuple[bytes, ...] | None]] = []
         for d in deliveries:
-            names = self._fields.get(d.op) if d.op is not None else None
-            if names is not None and self.mine(d):
-                wanted.append((d, names))
+            known = self._fields.get(d.op) if d.op is not None else None
+            if known is not None and self.mine(d):
+                version, names = known
+                older = d.version is not None and d.version < version
+                wanted.append((d, None if older else names))
         if wanted and not await self._fetch(wanted):
             return  # stopping: the entries stay pending with this consumer
         # The claimer and a recovery may have fetched the same entry meanwhile.
         window.hold([d for d in deliveries if not window.busy(d.entry_id)])
 
-    async def _fetch(self, wanted: list[tuple[Delivery, tuple[bytes, ...]]]) -> bool:
+    async def _fetch(
+        self, wanted: list[tuple[Delivery, tuple[bytes, ...] | None]]
+    ) -> bool:
         """Set each delivery's payload values (or its fault) and idempotency mark,
         in one pipeline retried through outages: the entries are already this
         consumer's. False when the subscription stopped first."""
@@ -110,7 +116,9 @@ class Fetcher:
             try:
                 async with state.redis.pipeline(transaction=False) as pipe:
                     for d, names in wanted:
-                        if names:
+                        if names is None:
+                            pipe.hgetall(state.keys.payload(d.entry_id))
+                        elif names:
                             pipe.hmget(state.keys.payload(d.entry_id), list(names))
                     if idempotent:
                         pipe.zmscore(
@@ -130,9 +138,11 @@ class Fetcher:
                 continue
             replies = iter(results)
             for d, names in wanted:
-                reply = next(replies) if names else []
+                reply = next(replies) if names is None or names else []
                 if isinstance(reply, Exception):
                     d.fault = str(reply)
+                elif isinstance(reply, dict):
+                    d.values = [item for pair in reply.items() for item in pair]
                 else:
                     d.values = reply
             if idempotent:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from ..events import as_text
+from ..events import as_text, entry_version
 from ..faults import Fault, classify
 from .delivery import Delivery
 
@@ -53,7 +53,7 @@ class ReadScript:
         }
         known: list[bytes | str | int] = [len(handled)]
         for name, codec in handled.items():
-            known += [name, len(codec.field_names), *codec.field_names]
+            known += [name, codec.version, len(codec.field_names), *codec.field_names]
         self._head = (
             state.group,
             state.consumer,
@@ -86,9 +86,10 @@ class ReadScript:
             return as_text(head)
         now = time.monotonic()
         deliveries: list[Delivery] = []
-        for n in range(1, len(reply), 6):
+        for n in range(1, len(reply), 7):
             d = Delivery(reply[n].decode(), reply[n + 3], 1, now, reply[n + 1])
             d.only = reply[n + 2]
+            d.version = entry_version(reply[n + 6])
             values = reply[n + 4]
             if isinstance(values, bytes):
                 d.fault = values.decode(errors="replace")

@@ -39,6 +39,7 @@ from ..faults import is_transient
 from ..options import AckPolicy, UnknownOperation
 from ..telemetry import hooks
 from .context import LazyContext, log_fields
+from .delivery import pairs
 
 if TYPE_CHECKING:
     from ..dispatch import Route
@@ -199,13 +200,29 @@ class Workers:
                 "something other than backbone wrote it",
             )
         values = d.values if d.values is not None else []
-        if values.count(None) == len(values) and route.codec.parameter_names:
+        codec = route.codec
+        version = d.version
+        if version is not None and version < codec.version:
+            # An older version: VALUES is the whole hash, for the upcasters.
+            try:
+                return codec.decode_older(pairs(values), version)
+            except DecodeError:
+                if values:
+                    raise
+                raise DecodeError(
+                    DeadLetterReason.MISSING_PAYLOAD,
+                    f"the payload hash {key} does not exist (deleted, expired or "
+                    "never written)",
+                ) from None
+        if values.count(None) == len(values) and codec.parameter_names:
             raise DecodeError(
                 DeadLetterReason.MISSING_PAYLOAD,
                 f"the payload hash {key} does not exist (deleted, expired or never "
                 "written)",
             )
-        return route.codec.decode_values(values)
+        if version is not None and version > codec.version:
+            return codec.decode_newer(values, version)
+        return codec.decode_values(values)
 
     async def _call(
         self, route: Route, d: Delivery, operation: str, args: list[Any]

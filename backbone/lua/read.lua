@@ -12,23 +12,30 @@
 -- ARGV[4]  "1": read with NOACK (nothing becomes pending)
 -- ARGV[5]  payload key prefix ("<stream>:p:")
 -- ARGV[6]  number K of operations this consumer knows, then K times:
---            operation name, F, F payload field names in parameter order
+--            operation name, its version, F, F payload field names in
+--            parameter order
 -- then     entry ids to acknowledge first (finished since the last call)
 --
--- Returns {false, id, op, rg, fields, values, mark, ...} (6 per entry): OP and RG
--- are the entry's operation and re-drive group (false when absent), FIELDS its
--- flat field/value list, VALUES the payload values (false for an operation not
--- in the list, false items for missing fields; a string, the error's text, when
--- the payload key cannot be read as a hash), MARK its idempotency score or
--- false (also when the marks key cannot be read). With nothing new it returns {last entry id of the stream}, for XREAD.
+-- Returns {false, id, op, rg, fields, values, mark, v, ...} (7 per entry): OP,
+-- RG and V are the entry's operation, re-drive group and operation version
+-- (false when absent), FIELDS its flat field/value list, VALUES the payload
+-- values (false for an operation not in the list, false items for missing
+-- fields; a string, the error's text, when the payload key cannot be read as a
+-- hash), MARK its idempotency score or false (also when the marks key cannot be
+-- read). An entry of an OLDER version than the consumer's (V a whole number
+-- below it; no V counts as 1) gets its whole payload instead, HGETALL's flat
+-- field/value list, for the consumer's upcasters: its old fields may have other
+-- names. With nothing new it returns {last entry id of the stream}, for XREAD.
 local known = {}
 local pos = 7
+local versions = {}
 for k = 1, tonumber(ARGV[6]) do
-  local name, f = ARGV[pos], tonumber(ARGV[pos + 1])
+  local name, f = ARGV[pos], tonumber(ARGV[pos + 2])
   local names = {}
-  for j = 1, f do names[j] = ARGV[pos + 1 + j] end
+  for j = 1, f do names[j] = ARGV[pos + 2 + j] end
   known[name] = names
-  pos = pos + 2 + f
+  versions[name] = tonumber(ARGV[pos + 1])
+  pos = pos + 3 + f
 end
 for first = pos, #ARGV, 4000 do
   redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, first, math.min(first + 3999, #ARGV)))
@@ -56,18 +63,28 @@ local out = {false}
 local n = 1
 for _, entry in ipairs(entries) do
   local id, fields = entry[1], entry[2]
-  local op, rg, ri = false, false, false
+  local op, rg, ri, v = false, false, false, false
   for j = 1, #fields, 2 do
     local name = fields[j]
     if name == 'o' then op = fields[j + 1]
     elseif name == 'rg' then rg = fields[j + 1]
-    elseif name == 'ri' then ri = fields[j + 1] end
+    elseif name == 'ri' then ri = fields[j + 1]
+    elseif name == 'v' then v = fields[j + 1] end
   end
   local values = false
   local names = op and known[op]
   -- An empty re-drive group restricts nothing (no group is named '').
   if names and (not rg or rg == '' or rg == ARGV[1]) then
-    if #names > 0 then
+    -- The same rule as backbone.events.entry_version: a whole number >= 1.
+    local version = 1
+    if v then
+      version = string.match(v, '^%d+$') and #v < 10 and tonumber(v)
+      if version and version < 1 then version = false end
+    end
+    if version and version < versions[op] then
+      values = redis.pcall('HGETALL', prefix .. id)
+      if type(values) == 'table' and values.err then values = values.err end
+    elseif #names > 0 then
       -- pcall: the key is anyone's to write; an error about it (WRONGTYPE) is
       -- about this entry alone, and is answered as its text.
       values = redis.pcall('HMGET', prefix .. id, unpack(names))
@@ -83,6 +100,7 @@ for _, entry in ipairs(entries) do
   end
   out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5], out[n + 6] =
     id, op, rg, fields, values, mark
-  n = n + 6
+  out[n + 7] = v
+  n = n + 7
 end
 return out

@@ -15,7 +15,15 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DecodeError
-from ..events import F_AGGREGATE, F_CONTRACT, F_OPERATION, EventId, as_text
+from ..events import (
+    F_AGGREGATE,
+    F_CONTRACT,
+    F_OPERATION,
+    F_VERSION,
+    EventId,
+    as_text,
+    entry_version,
+)
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -134,7 +142,7 @@ def _decode(
             f"not have (known: {known}); load it with the contract's current code",
         )
     try:
-        args = codec.decode_values([payload.get(f) for f in codec.field_names])
+        args = codec.decode(payload, entry_version(fields.get(F_VERSION)))
     except DecodeError as exc:
         raise DecodeError(exc.reason, f"{where}: {exc}") from exc
     spec = codec.operation

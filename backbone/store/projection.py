@@ -31,8 +31,10 @@ from ..events import (
     F_OPERATION,
     F_REDRIVE_GROUP,
     F_REDRIVE_ORIGIN,
+    F_VERSION,
     EventId,
     as_text,
+    entry_version,
 )
 from .checkpoint import (
     BROKEN,
@@ -328,9 +330,14 @@ class Projection:
             if found is None:
                 counts.unimplemented += 1
                 return
-            if codec.field_names and not payload:
-                raise DecodeError("missing-payload", "its payload hash is gone")
-            args = codec.decode_values([payload.get(f) for f in codec.field_names])
+            try:
+                args = codec.decode(payload, entry_version(fields.get(F_VERSION)))
+            except DecodeError as exc:
+                if payload:
+                    raise
+                raise DecodeError(
+                    "missing-payload", "its payload hash is gone"
+                ) from exc
         except DecodeError as exc:
             counts.skipped += 1
             log.warning(

@@ -35,6 +35,7 @@ from ..events import (
     EventContext,
     EventId,
     as_text,
+    entry_version,
 )
 from .ranges import Bound, next_id, range_ids
 
@@ -205,9 +206,10 @@ async def replay(
     return summary
 
 
-Payload = list[bytes | None] | Exception | None
-"""The payload values of a handled operation in parameter order, the error that
-reading them raised, or None (an operation that is not handled)."""
+Payload = dict[bytes, bytes] | Exception | None
+"""The payload hash of a handled operation (whole: an older version's fields may
+have other names), the error that reading it raised, or None (an operation that
+is not handled)."""
 
 
 async def _payloads(
@@ -221,17 +223,13 @@ async def _payloads(
     async with bus.redis.pipeline(transaction=False) as pipe:
         for n, (entry_id, fields) in enumerate(entries):
             found = dispatcher.get(as_text(fields.get(F_OPERATION)))
-            if found is not None and found.codec.field_names:
-                pipe.hmget(keys.payload(entry_id), list(found.codec.field_names))
+            if found is not None:
+                pipe.hgetall(keys.payload(entry_id))
                 wanted.append(n)
         replies = await pipe.execute(raise_on_error=False) if wanted else []
     payloads: list[Payload] = [None] * len(entries)
     for n, reply in zip(wanted, replies, strict=True):
         payloads[n] = reply
-    for n, (_, fields) in enumerate(entries):
-        found = dispatcher.get(as_text(fields.get(F_OPERATION)))
-        if found is not None and not found.codec.field_names:
-            payloads[n] = []
     return payloads
 
 
@@ -246,7 +244,8 @@ async def _one(
     operation = as_text(fields.get(F_OPERATION))
     event = EventId(summary.stream, entry_id)
     try:
-        args = _decode(dispatcher, event, operation, payload)
+        version = entry_version(fields.get(F_VERSION))
+        args = _decode(dispatcher, event, operation, version, payload)
     except DecodeError as exc:
         log.warning(
             "replay skipped undecodable event %s (%s): %s",
@@ -286,7 +285,11 @@ async def _one(
 
 
 def _decode(
-    dispatcher: Dispatcher[Any], event: EventId, operation: str, payload: Payload
+    dispatcher: Dispatcher[Any],
+    event: EventId,
+    operation: str,
+    version: int | None,
+    payload: Payload,
 ) -> list[Any]:
     where = f"{event.stream} {event.id}"
     if not operation:
@@ -307,15 +310,15 @@ def _decode(
             "unreadable-payload",
             f"the payload of {where} cannot be read as a hash ({payload})",
         )
-    if payload and payload.count(None) == len(payload):
-        raise DecodeError(
-            "missing-payload",
-            f"the payload hash of {where} does not exist (deleted, expired or "
-            "never written)",
-        )
     try:
-        return codecs[operation].decode_values(payload)
+        return codecs[operation].decode(payload, version)
     except DecodeError as exc:
+        if not payload:
+            raise DecodeError(
+                "missing-payload",
+                f"the payload hash of {where} does not exist (deleted, expired or "
+                "never written)",
+            ) from exc
         raise DecodeError(exc.reason, f"{where}: {exc}") from exc
 
 
