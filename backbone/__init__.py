@@ -13,15 +13,18 @@ from .contract import ContractSpec, OperationSpec, contract, operation
 from .deadletters import DeadLetter, DeadLetterReason, DeadLetters
 from .describe import describe
 from .dispatch import CompiledContract, Dispatcher, Route, bind, route
+from .erasure import ErasureReport, erase
 from .errors import (
     BackboneError,
     ConcurrencyError,
     ConfigurationError,
     ContractError,
     DecodeError,
+    DeprecatedVersionWarning,
     PublishError,
     PublishTimeout,
     ReplicationTimeout,
+    RetiredVersionError,
     StaleCodeError,
     ValidationError,
 )
@@ -33,7 +36,15 @@ from .options import (
     SubscriptionOptions,
     UnknownOperation,
 )
+from .personal import ERASED, Erased, Personal
 from .producer import Batch, Producer, ProducerOptions
+from .retention import (
+    RetentionHold,
+    RetentionPolicy,
+    TrimReport,
+    trim,
+    trim_dead_letters,
+)
 from .store import (
     Aggregate,
     ExpectedVersion,
@@ -49,6 +60,7 @@ from .store import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ERASED",
     "NO_CONTEXT",
     "AckPolicy",
     "Aggregate",
@@ -64,11 +76,15 @@ __all__ = [
     "DeadLetterReason",
     "DeadLetters",
     "DecodeError",
+    "DeprecatedVersionWarning",
     "Dispatcher",
+    "Erased",
+    "ErasureReport",
     "EventContext",
     "EventId",
     "ExpectedVersion",
     "OperationSpec",
+    "Personal",
     "Producer",
     "ProducerOptions",
     "Projection",
@@ -80,6 +96,9 @@ __all__ = [
     "ReplaySummary",
     "ReplicationTimeout",
     "Repository",
+    "RetentionHold",
+    "RetentionPolicy",
+    "RetiredVersionError",
     "RetryPolicy",
     "Route",
     "StaleCodeError",
@@ -87,13 +106,17 @@ __all__ = [
     "Subscription",
     "SubscriptionOptions",
     "SubscriptionStats",
+    "TrimReport",
     "UnknownOperation",
     "ValidationError",
     "bind",
     "contract",
     "current_event",
     "describe",
+    "erase",
     "operation",
     "replay",
     "route",
+    "trim",
+    "trim_dead_letters",
 ]

@@ -1,25 +1,12 @@
 """Turning operation arguments into payload-hash fields and back.
 
-Each parameter becomes one hash field whose value is msgpack. Values are validated
-and serialised by pydantic (a ``TypeAdapter`` per parameter, built once per
-operation); the Python types msgpack has no word for travel as msgpack extension
-types so that they come back as the same type:
+Each parameter becomes one hash field whose value is msgpack (:mod:`backbone.wire`
+has the extension types of the values msgpack lacks). Values are validated and
+serialised by pydantic (a ``TypeAdapter`` per parameter, built once per
+operation); the consumer's annotation turns them back.
 
-====  ==========  =========================================
-code  type        body
-====  ==========  =========================================
-1     datetime    ``isoformat()`` text (naive stays naive)
-2     date        ``isoformat()`` text
-3     time        ``isoformat()`` text
-4     UUID        16 raw bytes
-5     Decimal     ``str()`` text
-6     timedelta   signed 8-byte big-endian microseconds
-====  ==========  =========================================
-
-Enums travel as their value, sets and tuples as arrays, models as maps; the
-consumer's annotation turns them back. A field the producer did not write (an
-older producer) takes the parameter's default; fields the consumer does not know
-(a newer producer) are ignored.
+A field the producer did not write (an older producer) takes the parameter's
+default; fields the consumer does not know (a newer producer) are ignored.
 
 Each event records its operation's version. A payload of an older version is
 read whole, passed through the operation's upcasters (version K to K + 1, up to
@@ -38,13 +25,8 @@ the way consumers read it: lax validation of what is stored.
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
-import enum
-import functools
 import struct
 import typing
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
@@ -54,120 +36,38 @@ import pydantic
 from .contract import SCALAR_TYPES, OperationSpec, ParamSpec
 from .errors import DecodeError, ValidationError
 from .events import as_text
+from .personal import AGGREGATE_SUBJECT, ERASED
+from .sealing import Unsealed
+from .wire import (
+    DIRECT,
+    EXT_DATE,
+    EXT_DATETIME,
+    EXT_DECIMAL,
+    EXT_TIME,
+    EXT_TIMEDELTA,
+    EXT_UUID,
+    default,
+    pack_value,
+    unpack,
+    unpack_value,
+)
 
-__all__ = ["OperationCodec", "pack_value", "unpack_value"]
+__all__ = [
+    "EXT_DATE",
+    "EXT_DATETIME",
+    "EXT_DECIMAL",
+    "EXT_TIME",
+    "EXT_TIMEDELTA",
+    "EXT_UUID",
+    "OperationCodec",
+    "pack_value",
+    "unpack_value",
+]
 
-EXT_DATETIME: Final = 1
-EXT_DATE: Final = 2
-EXT_TIME: Final = 3
-EXT_UUID: Final = 4
-EXT_DECIMAL: Final = 5
-EXT_TIMEDELTA: Final = 6
-
-_MICROS: Final = struct.Struct(">q")
 # Bare annotations whose values need no validation when they already have the
 # exact type (strict validation of such a value returns it unchanged), and which
 # msgpack gives back with that exact type.
 _EXACT_TYPES: Final = frozenset(SCALAR_TYPES) - {type(None)}
-
-
-def _default(obj: object) -> object:
-    # Order matters: datetime is a subclass of date.
-    if isinstance(obj, dt.datetime):
-        return msgpack.ExtType(EXT_DATETIME, obj.isoformat().encode())
-    if isinstance(obj, dt.date):
-        return msgpack.ExtType(EXT_DATE, obj.isoformat().encode())
-    if isinstance(obj, dt.time):
-        return msgpack.ExtType(EXT_TIME, obj.isoformat().encode())
-    if isinstance(obj, uuid.UUID):
-        return msgpack.ExtType(EXT_UUID, obj.bytes)
-    if isinstance(obj, decimal.Decimal):
-        return msgpack.ExtType(EXT_DECIMAL, str(obj).encode())
-    if isinstance(obj, dt.timedelta):
-        micros = (obj.days * 86_400 + obj.seconds) * 1_000_000 + obj.microseconds
-        return msgpack.ExtType(EXT_TIMEDELTA, _MICROS.pack(micros))
-    if isinstance(obj, enum.Enum):
-        return obj.value
-    if isinstance(obj, (set, frozenset)):
-        try:
-            return sorted(obj)
-        except TypeError:
-            return list(obj)
-    if isinstance(obj, pydantic.BaseModel):
-        return obj.model_dump(mode="python")
-    raise TypeError(f"cannot encode a value of type {type(obj).__qualname__}")
-
-
-def _ext_hook(code: int, data: bytes) -> object:
-    if code == EXT_DATETIME:
-        return dt.datetime.fromisoformat(data.decode())
-    if code == EXT_DATE:
-        return dt.date.fromisoformat(data.decode())
-    if code == EXT_TIME:
-        return dt.time.fromisoformat(data.decode())
-    if code == EXT_UUID:
-        return uuid.UUID(bytes=data)
-    if code == EXT_DECIMAL:
-        return decimal.Decimal(data.decode())
-    if code == EXT_TIMEDELTA:
-        return dt.timedelta(microseconds=_MICROS.unpack(data)[0])
-    return msgpack.ExtType(code, data)
-
-
-def _ext(code: int, data: bytes) -> bytes:
-    """The msgpack encoding of extension CODE with body DATA."""
-    size = len(data)
-    fixed = _FIXEXT.get(size)
-    if fixed is not None:
-        return bytes((fixed, code)) + data
-    if size < 0x100:
-        return bytes((0xC7, size, code)) + data
-    if size < 0x10000:
-        return b"\xc8" + size.to_bytes(2, "big") + bytes((code,)) + data
-    return b"\xc9" + size.to_bytes(4, "big") + bytes((code,)) + data
-
-
-_FIXEXT: Final = {1: 0xD4, 2: 0xD5, 4: 0xD6, 8: 0xD7, 16: 0xD8}
-
-
-# Headers of EXT_DATETIME bodies of each short size, as _ext writes them.
-_DATETIME_HEADERS: Final = tuple(
-    _ext(EXT_DATETIME, b"\0" * n)[: -n or None] for n in range(256)
-)
-
-
-def _pack_datetime(value: dt.datetime) -> bytes:
-    text = value.isoformat().encode()
-    if len(text) < 256:
-        return _DATETIME_HEADERS[len(text)] + text
-    return _ext(EXT_DATETIME, text)
-
-
-def _pack_uuid(value: uuid.UUID) -> bytes:
-    return _ext(EXT_UUID, value.bytes)
-
-
-# Exact-type values with a direct encoding (no msgpack default hook).
-_DIRECT: Final[dict[type, Callable[[Any], bytes]]] = {
-    dt.datetime: _pack_datetime,
-    uuid.UUID: _pack_uuid,
-}
-
-
-def pack_value(value: object) -> bytes:
-    """msgpack VALUE with backbone's extension types (no validation)."""
-    packed: bytes = msgpack.packb(value, default=_default, use_bin_type=True)
-    return packed
-
-
-def unpack_value(data: bytes) -> Any:
-    """Read one msgpack value written by :func:`pack_value`."""
-    return msgpack.unpackb(data, raw=False, ext_hook=_ext_hook, strict_map_key=False)
-
-
-_unpack: Final = functools.partial(
-    msgpack.unpackb, raw=False, ext_hook=_ext_hook, strict_map_key=False
-)
 
 
 def _has_model(annotation: Any) -> bool:
@@ -199,6 +99,7 @@ class _Param:
         "field",
         "has_default",
         "name",
+        "personal",
     )
 
     def __init__(self, spec: ParamSpec, packer: msgpack.Packer) -> None:
@@ -206,6 +107,7 @@ class _Param:
         self.field = spec.name.encode()
         self.has_default = spec.has_default
         self.default = spec.default
+        self.personal = spec.personal is not None
         self.adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(spec.annotation)
         self.exact: type | None = (
             spec.annotation if spec.annotation in _EXACT_TYPES else None
@@ -234,7 +136,7 @@ class _Param:
 
             return encode_checked
 
-        direct = _DIRECT.get(exact) if exact is not None else None
+        direct = DIRECT.get(exact) if exact is not None else None
         if exact is not None and direct is not None:
 
             def encode_direct(value: Any) -> bytes:
@@ -267,12 +169,20 @@ class _Param:
 class OperationCodec:
     """Encodes and decodes the arguments of one operation."""
 
-    __slots__ = ("_decoders", "_params", "operation")
+    __slots__ = ("_decoders", "_params", "operation", "personal")
 
     def __init__(self, operation: OperationSpec) -> None:
         self.operation = operation
-        packer = msgpack.Packer(default=_default, use_bin_type=True, autoreset=True)
+        packer = msgpack.Packer(default=default, use_bin_type=True, autoreset=True)
         self._params = tuple(_Param(p, packer) for p in operation.params)
+        index = {p.name: n for n, p in enumerate(operation.params)}
+        self.personal: tuple[tuple[int, int | None], ...] = tuple(
+            (n, None if p.personal == AGGREGATE_SUBJECT else index[p.personal])
+            for n, p in enumerate(operation.params)
+            if p.personal is not None
+        )
+        """The personal parameters: (position, position of the subject's
+        parameter, or None for the aggregate id)."""
         # What decoding needs of each parameter, unpacked once per value.
         self._decoders = tuple(
             (p.exact, p.adapter.validate_python, p) for p in self._params
@@ -292,6 +202,8 @@ class OperationCodec:
         :attr:`field_names`.
 
         Raises :class:`ValidationError` naming the parameter; nothing is written.
+        The values of personal parameters are :class:`~backbone.sealing.Unsealed`:
+        the writer seals them with their subjects' keys first.
         """
         params = self._params
         if len(args) != len(params):
@@ -313,6 +225,9 @@ class OperationCodec:
                     self.operation.qualified_name, param.name, str(exc)
                 ) from exc
             out.append(encoded)
+        for position, subject in self.personal:
+            owner = None if subject is None else str(args[subject])
+            out[position] = Unsealed(out[position], owner)
         return out
 
     @property
@@ -353,7 +268,7 @@ class OperationCodec:
         payload: dict[str, Any] = {}
         for name, raw in fields.items():
             try:
-                payload[as_text(name)] = _unpack(raw)
+                payload[as_text(name)] = unpack(raw)
             except Exception as exc:
                 raise DecodeError(
                     "undecodable",
@@ -399,7 +314,7 @@ class OperationCodec:
                     "upcaster that sets it, or give the parameter a default",
                 )
             obj = payload[param.name]
-            if type(obj) is exact:
+            if type(obj) is exact or (obj is ERASED and param.personal):
                 args.append(obj)
                 continue
             try:
@@ -417,7 +332,6 @@ class OperationCodec:
         written by the current version of the operation."""
         args: list[Any] = []
         append = args.append
-        unpack = _unpack
         for (exact, validate, param), raw in zip(self._decoders, raws, strict=True):
             if raw is None:
                 if param.has_default:
@@ -436,7 +350,7 @@ class OperationCodec:
                     f"{self.operation.qualified_name}: field {param.name!r} is not "
                     f"valid msgpack ({type(exc).__name__}: {exc})",
                 ) from exc
-            if type(obj) is exact:
+            if type(obj) is exact or (obj is ERASED and param.personal):
                 append(obj)
                 continue
             try:

@@ -76,6 +76,10 @@ class ParamSpec:
     name: str
     annotation: Any
     default: Any = NO_DEFAULT
+    personal: str | None = None
+    """Personal data (``Annotated[T, Personal(...)]``): the name of the parameter
+    whose value is its subject, or ``"@aggregate"`` (the event's aggregate id);
+    None when the parameter is not personal."""
 
     @property
     def has_default(self) -> bool:
@@ -158,6 +162,8 @@ class ContractSpec:
             for p in op.params:
                 annotation = type_repr(p.annotation, package=package)
                 parts.append(f"{p.name}={annotation}={p.default!r}")
+                if p.personal is not None:
+                    parts.append(f"{p.name}~personal:{p.personal}")
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 

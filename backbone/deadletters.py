@@ -24,6 +24,7 @@ import redis.exceptions as rex
 
 from .codec import unpack_value
 from .events import EventId, as_text
+from .keyring import Keyring, open_for_display
 
 if TYPE_CHECKING:
     from .connection import Backbone
@@ -242,7 +243,9 @@ class DeadLetters:
         return DeadLetter.from_entry(self.keys.stream, entry_id, fields)
 
     async def payload(self, letter: DeadLetter) -> dict[str, Any]:
-        """The dead letter's payload, each field decoded from msgpack (untyped)."""
+        """The dead letter's payload, each field decoded from msgpack (untyped);
+        a personal value reads as ``<personal>`` (never its plaintext), or as
+        ``backbone.ERASED`` once its subject was erased."""
         key = self.keys.dead_letter_payload(letter.group, letter.event_id.id)
         try:
             raw = cast(dict[bytes, bytes], await self.backbone.redis.hgetall(key))
@@ -251,6 +254,7 @@ class DeadLetters:
             # it was dead-lettered, most likely); its copy is the same.
             kind = as_text(await self.backbone.redis.type(key))
             return {"<unreadable>": f"the payload copy {key} is a {kind}: {exc}"}
+        await open_for_display(Keyring.of(self.backbone), [raw])
         decoded: dict[str, Any] = {}
         for name, value in raw.items():
             try:

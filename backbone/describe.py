@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import typing
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +26,7 @@ from .contract import (
     type_repr,
 )
 from .errors import ContractError
+from .personal import AGGREGATE_SUBJECT, personal_marker
 
 __all__ = ["describe"]
 
@@ -198,7 +200,17 @@ def _describe_operation(
                     f"parameter {pname!r} has default {default!r}; only None, bool, "
                     "int, float, str and bytes literals can be defaults"
                 )
-        params.append(ParamSpec(pname, annotation, default))
+        try:
+            marker = personal_marker(annotation)
+        except ValueError as exc:
+            raise fail(f"parameter {pname!r}: {exc}") from None
+        subject = None
+        if marker is not None:
+            subject = marker.subject or AGGREGATE_SUBJECT
+        params.append(ParamSpec(pname, annotation, default, subject))
+    problem = _subject_problem(params)
+    if problem is not None:
+        raise fail(problem)
     if "return" not in hints:
         raise fail("the return type is missing; declare `-> None`")
     if hints["return"] is not type(None):
@@ -219,6 +231,43 @@ def _describe_operation(
         deprecated=deprecated,
         retired=retired,
     )
+
+
+_SUBJECT_TYPES = (str, int, uuid.UUID)
+
+
+def _subject_problem(params: list[ParamSpec]) -> str | None:
+    """Why the subjects of the personal parameters of PARAMS cannot work."""
+    by_name = {p.name: p for p in params}
+    for p in params:
+        if p.personal is None or p.personal == AGGREGATE_SUBJECT:
+            continue
+        subject = by_name.get(p.personal)
+        if subject is None:
+            known = ", ".join(by_name)
+            return (
+                f"parameter {p.name!r} is Personal({p.personal!r}), but the operation "
+                f"has no parameter {p.personal!r} (it has: {known}); name the "
+                "parameter whose value is the subject, or write Personal() for the "
+                "aggregate id"
+            )
+        if subject.personal is not None and subject.personal != subject.name:
+            return (
+                f"the subject of parameter {p.name!r}, {subject.name!r}, is itself "
+                "personal with another subject; a subject is either a plain "
+                "parameter or its own subject (Personal("
+                f"{subject.name!r}))"
+            )
+        base = subject.annotation
+        if typing.get_origin(base) is typing.Annotated:
+            base = typing.get_args(base)[0]
+        if base not in _SUBJECT_TYPES:
+            return (
+                f"the subject of parameter {p.name!r}, {subject.name!r}, is "
+                f"{type_repr(base)}; a subject is a str, int or UUID (one value has "
+                "one spelling, so it always names the same key)"
+            )
+    return None
 
 
 def _is_literal_default(value: object) -> bool:

@@ -70,6 +70,22 @@ class PublishError(BackboneError):
     """Redis refused a publish; nothing of the failed batch was written."""
 
 
+class RetiredVersionError(PublishError):
+    """The batch holds an operation version that a newer contract retired on this
+    stream; nothing of the batch was written. ``marks`` names the versions
+    (``contract.operation:version``). Regenerate the producer from the current
+    contract."""
+
+    def __init__(self, message: str, marks: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.marks = marks
+
+
+class DeprecatedVersionWarning(UserWarning):
+    """An event was written with an operation version a newer contract marked
+    deprecated on its stream: it was written; regenerate the producer soon."""
+
+
 class ReplicationTimeout(PublishError):
     """The events were written to the primary, but fewer replicas than
     ``ProducerOptions.min_replicas`` confirmed them within ``replica_timeout``.

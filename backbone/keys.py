@@ -9,11 +9,17 @@ live in one slot and can be written together atomically::
     bb:{dev:hello.event-sourcing}:dlq                dead-letter stream
     bb:{dev:hello.event-sourcing}:dlq:p:<group>:<id> payload copy of a dead letter
     bb:{dev:hello.event-sourcing}:w:<producer>:<n>   a producer's last batch (dedupe)
+    bb:{dev:hello.event-sourcing}:versions           retired/deprecated op versions
     bb:{dev:hello.event-sourcing}:done:<group>       a group's idempotency marks
     bb:{dev:hello.event-sourcing}:agg:<aggregate>    an aggregate's entry ids (list)
     bb:{dev:hello.event-sourcing}:snap:<aggregate>   an aggregate's snapshot
     bb:{dev:hello.event-sourcing}:proj:<name>        a projection's checkpoint
     bb:{dev:hello.event-sourcing}:proj:<name>:<part> a projection's read model
+
+Keys of a whole environment have their own hash tag, ``{<environment>}``::
+
+    bb:{dev}:subjects                                the keyring: key id -> key
+    bb:{dev}:erased                                  erased key ids -> when
 """
 
 from __future__ import annotations
@@ -24,7 +30,12 @@ from typing import Final
 
 from .errors import ConfigurationError
 
-__all__ = ["StreamKeys", "validate_aggregate_id", "validate_part"]
+__all__ = [
+    "EnvironmentKeys",
+    "StreamKeys",
+    "validate_aggregate_id",
+    "validate_part",
+]
 
 _PART_RE: Final = re.compile(r"^[A-Za-z0-9_.\-/]{1,200}$")
 _GROUP_RE: Final = re.compile(r"^[A-Za-z0-9_.\-/:@]{1,200}$")
@@ -100,6 +111,11 @@ class StreamKeys:
     def dead_letter_payload(self, group: str, entry_id: str) -> str:
         return f"{self.dead_letter_payload_prefix}{group}:{entry_id}"
 
+    @property
+    def versions(self) -> str:
+        """Marks of retired and deprecated operation versions (a hash)."""
+        return f"{self.stream}:versions"
+
     def writer(self, producer: str) -> str:
         return f"{self.stream}:w:{producer}"
 
@@ -131,3 +147,24 @@ class StreamKeys:
                 f"{key!r} is not a backbone stream key (expected {PREFIX}:{{env:uri}})"
             )
         return cls(match.group(1), match.group(2))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EnvironmentKeys:
+    """The Redis keys of a whole environment (not of one stream), in the hash tag
+    ``{<environment>}``: the keyring of personal data's subjects."""
+
+    environment: str
+
+    def __post_init__(self) -> None:
+        validate_part("environment", self.environment)
+
+    @property
+    def subjects(self) -> str:
+        """The keyring (a hash): key id (hex) -> the subject's 32-byte key."""
+        return f"{PREFIX}:{{{self.environment}}}:subjects"
+
+    @property
+    def erased(self) -> str:
+        """Erased subjects (a hash): key id (hex) -> Unix milliseconds."""
+        return f"{PREFIX}:{{{self.environment}}}:erased"

@@ -7,6 +7,7 @@ import enum
 import random
 
 from .errors import ConfigurationError
+from .retention_policy import RetentionPolicy
 
 __all__ = [
     "AckPolicy",
@@ -111,6 +112,9 @@ class SubscriptionOptions:
     idempotent: keep a per-group mark of each handled event id and skip events
         already marked (see docs/guarantees.md for the window that remains).
     idempotency_ttl: seconds marks are kept.
+    retention: a :class:`~backbone.RetentionPolicy` the subscription applies to
+        its stream and dead letters while it runs (trimming; see
+        docs/event-lifecycle.md).
     """
 
     ack: AckPolicy = AckPolicy.AFTER_SUCCESS
@@ -125,6 +129,7 @@ class SubscriptionOptions:
     shutdown_timeout: float = 10.0
     idempotent: bool = False
     idempotency_ttl: float = 7 * 24 * 3600.0
+    retention: RetentionPolicy | None = None
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
@@ -162,6 +167,12 @@ class SubscriptionOptions:
         if self.idempotency_ttl <= 0:
             raise ConfigurationError(
                 f"idempotency_ttl must be > 0 seconds, not {self.idempotency_ttl!r}"
+            )
+        if self.retention is not None and not isinstance(
+            self.retention, RetentionPolicy
+        ):
+            raise ConfigurationError(
+                f"retention must be a RetentionPolicy, not {self.retention!r}"
             )
         if self.idempotent and self.ack is AckPolicy.ON_RECEIPT:
             raise ConfigurationError(

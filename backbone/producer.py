@@ -34,6 +34,7 @@ from .events import (
     EventId,
     current_event,
 )
+from .keyring import Keyring, aggregate_only, seal_items
 from .producer_options import ProducerOptions, default_identity
 from .telemetry import hooks
 from .writer import BatchRefused, Item, Writer
@@ -66,7 +67,8 @@ class Producer:
         self.options = options or ProducerOptions()
         self.identity = self.options.identity or default_identity()
         self._stream = keys.stream
-        self._writer = Writer(backbone, keys, self.identity, self.options)
+        self._writer = Writer(backbone, keys, self.identity, self.options, contract)
+        self._keyring = Keyring.of(backbone)
         self._pending: collections.deque[Item] = collections.deque()
         self._send_lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
@@ -113,6 +115,8 @@ class Producer:
         return await self._write_atomic(items)
 
     def _prepare(self, operation: OperationCodec, args: Sequence[Any]) -> Item:
+        if operation.personal and any(s is None for _, s in operation.personal):
+            raise ConfigurationError(aggregate_only(operation.operation.qualified_name))
         values = operation.encode(args)
         item = Item(
             operation, time.time_ns() // 1_000_000, self._extra_meta(), values, None
@@ -241,7 +245,14 @@ class Producer:
     ) -> list[EventId]:
         """One atomic write of ITEMS (see :mod:`backbone.writer`). When Redis
         refuses a coalesced (not ATOMIC) batch, its events are sent one by one so
-        that only the refused ones fail."""
+        that only the refused ones fail. Personal values are sealed first (one
+        round trip to the keyring for the batch)."""
+        await seal_items(
+            self._keyring,
+            items,
+            aggregate_id=None,
+            timeout=self.options.publish_timeout,
+        )
         try:
             return await self._writer.write(items)
         except BatchRefused:

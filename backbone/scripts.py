@@ -15,7 +15,9 @@ arguments and its reply (the scripts' own headers document the wire format):
 * ``redrive.lua`` appends a dead letter's event again: :class:`RedriveScript`;
 * ``group.lua`` recreates a vanished consumer group: :class:`GroupScript`;
 * ``forget_consumer.lua`` removes a stopped consumer that holds nothing:
-  :class:`ForgetConsumerScript`.
+  :class:`ForgetConsumerScript`;
+* ``trim.lua`` removes a stream's oldest entries with their payload keys, up
+  to what groups, projections and aggregates still need: :class:`TrimScript`.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ __all__ = [
     "Script",
     "Scripts",
     "SnapshotScript",
+    "TrimHold",
+    "TrimReply",
+    "TrimScript",
+    "VersionsScript",
 ]
 
 
@@ -108,12 +114,16 @@ class PublishStatus(enum.IntEnum):
     """Redis refused an earlier attempt of this batch: ``detail`` is the error."""
     STALE = 3
     """A later batch of the producer was recorded (``detail``): nothing written."""
+    RETIRED = 4
+    """An operation version of the batch is retired (``detail``): nothing written."""
 
 
 class PublishReply(NamedTuple):
     status: PublishStatus
     ids: list[str]
     detail: str
+    deprecated: tuple[str, ...] = ()
+    """The deprecated operation versions (``contract.op:version``) written."""
 
 
 class PublishScript(Script):
@@ -125,7 +135,7 @@ class PublishScript(Script):
     async def append(
         self,
         client: aioredis.Redis,
-        keys: tuple[str, str],
+        keys: tuple[str, ...],
         argv: Sequence[bytes | str | int],
         *,
         replicas: int = 0,
@@ -139,11 +149,32 @@ class PublishScript(Script):
             )
         else:
             raw, confirmed = await self.run(client, keys, argv), 0
-        status, detail = raw
-        kind = PublishStatus(int(status))
+        kind = PublishStatus(int(raw[0]))
+        detail = raw[1]
         if kind in (PublishStatus.WRITTEN, PublishStatus.DUPLICATE):
-            return PublishReply(kind, [as_text(x) for x in detail], ""), confirmed
+            ids = [as_text(x) for x in detail]
+            return PublishReply(kind, ids, "", _marks(raw, 2)), confirmed
         return PublishReply(kind, [], as_text(detail)), confirmed
+
+
+def _marks(raw: list[Any], index: int) -> tuple[str, ...]:
+    """The deprecated marks a script reply carries at INDEX (none when absent)."""
+    if len(raw) <= index or not raw[index]:
+        return ()
+    return tuple(as_text(x) for x in raw[index])
+
+
+class VersionsScript(Script):
+    """``versions.lua``: raise a stream's operation-version marks."""
+
+    __slots__ = ()
+
+    async def mark(
+        self, client: aioredis.Redis, key: str, marks: Sequence[tuple[str, str]]
+    ) -> int:
+        """Record MARKS (field, status); the number raised."""
+        argv = [item for pair in marks for item in pair]
+        return int(await self.run(client, (key,), argv))
 
 
 class AppendStatus(enum.IntEnum):
@@ -156,6 +187,8 @@ class AppendStatus(enum.IntEnum):
     CONFLICT = 4
     """The aggregate's version was not the one expected: ``version`` is its
     actual version, nothing was written."""
+    RETIRED = 5
+    """An operation version of the batch is retired: ``detail`` names it."""
 
 
 class AppendReply(NamedTuple):
@@ -165,6 +198,7 @@ class AppendReply(NamedTuple):
     """The aggregate's version after the write (WRITTEN, DUPLICATE), or its
     actual version (CONFLICT)."""
     detail: str
+    deprecated: tuple[str, ...] = ()
 
 
 class AppendScript(Script):
@@ -182,17 +216,18 @@ class AppendScript(Script):
         stream: str,
         index: str,
         record: str,
+        marks: str,
         expected: str,
         aggregate_id: str,
         argv: Sequence[bytes | str | int],
     ) -> AppendReply:
         raw = await self.run(
-            client, (stream, index, record), (expected, aggregate_id, *argv)
+            client, (stream, index, record, marks), (expected, aggregate_id, *argv)
         )
         kind = AppendStatus(int(raw[0]))
         if kind in (AppendStatus.WRITTEN, AppendStatus.DUPLICATE):
             ids = [as_text(x) for x in raw[1]]
-            return AppendReply(kind, ids, int(raw[2]), "")
+            return AppendReply(kind, ids, int(raw[2]), "", _marks(raw, 3))
         if kind is AppendStatus.CONFLICT:
             return AppendReply(kind, [], int(raw[1]), "")
         return AppendReply(kind, [], 0, as_text(raw[1]))
@@ -316,6 +351,94 @@ class ForgetConsumerScript(Script):
         return bool(await self.run(client, (stream,), (group, consumer)))
 
 
+class TrimHold(NamedTuple):
+    """One hold trim.lua met: what holds (``group``, ``projection``,
+    ``aggregates``), its name, the first entry it holds and why."""
+
+    kind: str
+    name: str
+    entry_id: str
+    reason: str
+
+
+class TrimReply(NamedTuple):
+    removed: int
+    """Entries removed (dry run: that would be)."""
+    payloads: int
+    """Payload keys removed (dry run: that exist and would be)."""
+    stop: str
+    """``policy`` (nothing more to remove), ``held`` or ``chunk`` (call again)."""
+    stop_id: str
+    """The entry the call stopped at ("": none)."""
+    cutoff: str
+    """With an age bound: entries before ``<cutoff>-0`` are too old."""
+    last_id: str
+    """The stream's last entry id ("": empty or missing)."""
+    last_taken: str
+    """The last entry removed (dry run: counted) by the call ("": none)."""
+    first_kept: str
+    """The first entry left (dry run: the first not counted; "": none)."""
+    holds: list[TrimHold]
+
+
+class TrimScript(Script):
+    """``trim.lua``: remove at most COUNT of a stream's oldest entries and their
+    payload keys, up to what its groups, projections and aggregates need."""
+
+    __slots__ = ()
+
+    async def trim(
+        self,
+        client: aioredis.Redis,
+        *,
+        stream: str,
+        payload_prefix: str,
+        dead_letters: bool,
+        count: int,
+        max_len: int | None,
+        max_age_ms: int | None,
+        force: bool,
+        dry_run: bool,
+        upto: str,
+        after: str,
+        counted: int,
+        projections: Sequence[tuple[str, str]] = (),
+    ) -> TrimReply:
+        """One call (see the script's header). PROJECTIONS: (name, checkpoint
+        key) of each projection of the stream."""
+        raw = await self.run(
+            client,
+            (stream, *(key for _, key in projections)),
+            (
+                "dead-letters" if dead_letters else "events",
+                payload_prefix,
+                count,
+                "" if max_len is None else max_len,
+                "" if max_age_ms is None else max_age_ms,
+                "1" if force else "0",
+                "1" if dry_run else "0",
+                upto,
+                after,
+                counted,
+                *(name for name, _ in projections),
+            ),
+        )
+        text = [as_text(x) if isinstance(x, (bytes, str)) else x for x in raw]
+        rest = [str(x) for x in text[8:]]
+        holds = [TrimHold(*rest[i : i + 4]) for i in range(0, len(rest) - 3, 4)]
+        return TrimReply(
+            int(text[0]),
+            int(text[1]),
+            str(text[2]),
+            str(text[3]),
+            str(text[4]),
+            str(text[5]),
+            str(text[6]),
+            str(text[7]),
+            holds,
+        )
+
+
 class Scripts:
     """The scripts backbone runs, compiled once per connection."""
 
@@ -328,6 +451,8 @@ class Scripts:
         "read",
         "redrive",
         "snapshot",
+        "trim",
+        "versions",
     )
 
     def __init__(self) -> None:
@@ -339,3 +464,5 @@ class Scripts:
         self.redrive = RedriveScript("redrive")
         self.group = GroupScript("group")
         self.forget_consumer = ForgetConsumerScript("forget_consumer")
+        self.trim = TrimScript("trim")
+        self.versions = VersionsScript("versions")

@@ -37,7 +37,10 @@ from typing import TYPE_CHECKING, Any, Self, cast
 from .codec import OperationCodec, unpack_value
 from .connection import Backbone
 from .deadletters import DeadLetter, DeadLetters
+from .errors import DecodeError
 from .events import F_OPERATION, F_VERSION, EventId, as_text, entry_version
+from .keyring import Keyring, open_payloads
+from .sealing import SealError
 
 if TYPE_CHECKING:
     from .consume import Subscription
@@ -115,7 +118,9 @@ class TestBus(Backbone):
     async def published(
         self, uri: str, operation: str | None = None
     ) -> list[Published]:
-        """The events of stream URI (of OPERATION only), oldest first."""
+        """The events of stream URI (of OPERATION only), oldest first. Personal
+        values read as they would in a handler: their plaintext, or
+        ``backbone.ERASED`` once their subject was erased."""
         keys = self.keys(uri)
         codecs = self._codecs(uri)
         found: list[Published] = []
@@ -129,6 +134,9 @@ class TestBus(Backbone):
             payload = cast(
                 dict[bytes, bytes], await self.redis.hgetall(keys.payload(entry_id))
             )
+            (opened,) = await open_payloads(Keyring.of(self), [payload])
+            if isinstance(opened, SealError):
+                raise DecodeError("undecodable", f"{keys.payload(entry_id)}: {opened}")
             codec = codecs.get(name)
             if codec is not None:
                 version = entry_version(raw_fields.get(F_VERSION))

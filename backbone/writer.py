@@ -22,10 +22,12 @@ from .errors import PublishError, ReplicationTimeout
 from .events import F_CONTRACT, F_OPERATION, F_PRODUCER, F_VERSION, EventId
 from .retrying import until_answered
 from .scripts import PublishReply, PublishStatus
+from .versions import record_marks, refuse_retired, warn_deprecated
 
 if TYPE_CHECKING:
     from .codec import OperationCodec
     from .connection import Backbone
+    from .contract import ContractSpec
     from .keys import StreamKeys
     from .producer_options import ProducerOptions
     from .telemetry.core import Publishing
@@ -62,11 +64,17 @@ class Writer:
         keys: StreamKeys,
         identity: str,
         options: ProducerOptions,
+        contract: ContractSpec | None = None,
     ) -> None:
         self.backbone = backbone
+        self.contract = contract
         self.identity = identity
         self.options = options
         self._stream = keys.stream
+        self.keys = keys
+        # Operations whose version marks this writer has recorded.
+        self._marked: set[OperationCodec] = set()
+        self.warned: set[str] = set()
         # The batch record is this instance's alone, even when several producers
         # share an identity: a retry must only ever find its own batches.
         self.record_key = keys.writer(f"{identity}:{secrets.token_hex(6)}")
@@ -121,6 +129,19 @@ class Writer:
         argv.extend(body)
         return argv
 
+    async def record_marks(self, items: list[Item]) -> None:
+        """Record the version marks of the batch's operations, each once: an
+        older producer on the same stream is then refused its retired versions."""
+        new = {item.operation for item in items} - self._marked
+        if new:
+            # The whole contract's marks, so that a producer writing only some
+            # operations still retires the old versions of the others.
+            operations = {codec.operation for codec in new}
+            if self.contract is not None:
+                operations.update(self.contract.operations)
+            await record_marks(self.backbone, self.keys, operations)
+            self._marked |= new
+
     async def write(self, items: list[Item]) -> list[EventId]:
         """One atomic write of ITEMS, retried on transient errors until the timeout.
 
@@ -129,12 +150,13 @@ class Writer:
         Raises :class:`BatchRefused` when Redis refuses the batch,
         :class:`PublishTimeout` when it stays out of reach.
         """
+        await self.record_marks(items)
         self.sequence += 1
         sequence = str(self.sequence)
         argv = self._argv(items, sequence)
         script = self.backbone.scripts.publish
         client = self.backbone.redis
-        keys = (self._stream, self.record_key)
+        keys = (self._stream, self.record_key, self.keys.versions)
         wait = self.options.min_replicas
         wait_ms = int(self.options.replica_timeout * 1000)
         extra = self.options.replica_timeout if wait else 0
@@ -159,6 +181,8 @@ class Writer:
         status = reply.status
         if status is PublishStatus.REFUSED:  # an earlier attempt's, answer lost
             raise BatchRefused(f"Redis refused to append to {stream}: {reply.detail}")
+        if status is PublishStatus.RETIRED:
+            raise refuse_retired(stream, reply.detail)
         if status is PublishStatus.STALE:
             # Not met in normal runs: the answer to a stale attempt goes to a
             # connection the producer has given up on.
@@ -176,6 +200,8 @@ class Writer:
                 "(trimmed meanwhile); the events are not written twice"
             )
         self.backbone.notify_written(self._stream)
+        if reply.deprecated:
+            warn_deprecated(stream, reply.deprecated, self.warned)
         if ids and log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "wrote %d event(s) to %s: %s..%s",

@@ -8,6 +8,7 @@ top-level ``codegen/`` folder.
 from __future__ import annotations
 
 from .generate import (
+    BreakingChanges,
     CodegenError,
     ContractModule,
     ImportFailures,
@@ -19,6 +20,7 @@ from .generate import (
 from .render import generated_module_name, render_module
 
 __all__ = [
+    "BreakingChanges",
     "CodegenError",
     "ContractModule",
     "ImportFailures",

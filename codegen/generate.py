@@ -9,7 +9,7 @@ import site
 import sys
 import sysconfig
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -18,10 +18,12 @@ from backbone.contract import ContractSpec, is_contract
 from backbone.describe import describe
 
 from .annotations import relative_to
+from .compat import breaking_changes, read_shapes, render_shapes
 from .render import render_module
 from .sources import GENERATED_SUFFIX, scan
 
 __all__ = [
+    "BreakingChanges",
     "CodegenError",
     "ContractModule",
     "ImportFailures",
@@ -51,6 +53,15 @@ class ImportFailures(CodegenError):
         self.lines = tuple(lines)
 
 
+class BreakingChanges(CodegenError):
+    """Contracts changed in ways that would break stored events: one line per
+    change, naming the file, the operation and the fix."""
+
+    def __init__(self, lines: Sequence[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = tuple(lines)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Outcome:
     """What one run did or would do."""
@@ -59,10 +70,12 @@ class Outcome:
     unchanged: tuple[Path, ...]
     stale: tuple[Path, ...]
     orphaned: tuple[Path, ...]
+    breaking: tuple[str, ...] = ()
+    """Changes that would break stored events (with ``check``, or accepted)."""
 
     @property
     def ok_for_check(self) -> bool:
-        return not self.stale and not self.orphaned
+        return not self.stale and not self.orphaned and not self.breaking
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -204,8 +217,20 @@ def load_contracts(paths: Iterable[Path]) -> list[ContractModule]:
     return _find(paths)[0]
 
 
-def generate(paths: Iterable[Path], *, check: bool = False) -> Outcome:
+def generate(
+    paths: Iterable[Path],
+    *,
+    check: bool = False,
+    accept_breaking: bool = False,
+    stored: Container[tuple[str, str]] | None = None,
+) -> Outcome:
     """Generate (or with CHECK, only compare) the modules for contracts under PATHS.
+
+    Each contract is also compared with the shape its generated module recorded
+    (:mod:`codegen.compat`): a change that would break stored events raises
+    :class:`BreakingChanges` and writes nothing, unless ACCEPT_BREAKING; with
+    CHECK it is reported in the outcome. STORED, when given, is the (contract,
+    operation) pairs streams still hold: removing any other operation is fine.
 
     Only modules whose source declares a contract are imported. Generated
     modules under PATHS whose contract module is gone (or holds no contract any
@@ -218,10 +243,28 @@ def generate(paths: Iterable[Path], *, check: bool = False) -> Outcome:
     """
     modules, generated_seen = _find(paths)
     rendered: list[tuple[Path, str]] = []
+    breaking: list[str] = []
     for found in modules:
         target = found.file.with_name(found.file.stem + GENERATED_SUFFIX)
         with relative_to(found.name.rpartition(".")[0]):
-            rendered.append((target, render_module(found.name, found.specs)))
+            text = render_module(found.name, found.specs)
+        rendered.append((target, text + render_shapes(found.specs)))
+        old = (
+            read_shapes(target.read_text(encoding="utf-8")) if target.exists() else None
+        )
+        if old is not None:
+            breaking += [
+                f"{found.file}: {line}"
+                for line in breaking_changes(old, found.specs, stored)
+            ]
+    if breaking and not check and not accept_breaking:
+        raise BreakingChanges(
+            [
+                *breaking,
+                "nothing was written; fix the contracts, or run `backbone codegen "
+                "--accept-breaking` once you know no stored event needs them",
+            ]
+        )
     written: list[Path] = []
     unchanged: list[Path] = []
     stale: list[Path] = []
@@ -239,4 +282,10 @@ def generate(paths: Iterable[Path], *, check: bool = False) -> Outcome:
     if not check:
         for file in orphaned:
             file.unlink()
-    return Outcome(tuple(written), tuple(unchanged), tuple(stale), tuple(orphaned))
+    return Outcome(
+        tuple(written),
+        tuple(unchanged),
+        tuple(stale),
+        tuple(orphaned),
+        tuple(breaking) if check else (),
+    )

@@ -101,20 +101,25 @@ class _Contract:
         self.const = self.snake.upper()
         self.protocol_local = imports.name(spec.module, self.cls)
         self.ops: list[tuple[OperationSpec, str, list[str], list[str]]] = []
+        self.read: dict[str, list[str]] = {}
+        """Per operation, its parameters as handlers and ``apply_`` methods get
+        them: a personal one may be ``backbone.Erased``."""
         for op in spec.operations:
             where = f"{spec.file}: {spec.name}.{op.method}"
             params = []
+            read = []
             names = []
             for p in op.params:
-                text = (
-                    f"{p.name}: {render_annotation(p.annotation, imports, where=where)}"
-                )
-                if p.has_default:
-                    text += f" = {render_default(p.default)}"
-                params.append(text)
+                annotation = render_annotation(p.annotation, imports, where=where)
+                default = f" = {render_default(p.default)}" if p.has_default else ""
+                params.append(f"{p.name}: {annotation}{default}")
+                if p.personal is not None:
+                    annotation += " | backbone.Erased"
+                read.append(f"{p.name}: {annotation}{default}")
                 names.append(p.name)
             const = f"_{self.const}_{op.method.upper()}"
             self.ops.append((op, const, params, names))
+            self.read[op.name] = read
 
 
 def render_module(module: str, contracts: Iterable[ContractSpec]) -> str:
@@ -224,10 +229,10 @@ def _render_contract(
         "    backbone.NO_CONTEXT`` to receive the event's metadata.",
         '    """',
     ]
-    for op, _, params, _ in c.ops:
+    for op, _, _, _ in c.ops:
         out.append("")
         out += _signature(
-            "    ", f"async def {op.method}", ["self", *params], " -> None:"
+            "    ", f"async def {op.method}", ["self", *c.read[op.name]], " -> None:"
         )
         doc = _docstring(op.doc, "        ")
         out += doc or ["        ..."]
@@ -355,10 +360,10 @@ def _render_aggregate(c: _Contract) -> list[str]:
         "",
         f"    contract = {c.const}",
     ]
-    for op, _, params, _ in c.ops:
+    for op, _, _, _ in c.ops:
         out.append("")
         out += _signature(
-            "    ", f"def apply_{op.method}", ["self", *params], " -> None:"
+            "    ", f"def apply_{op.method}", ["self", *c.read[op.name]], " -> None:"
         )
         out += _docstring(
             f"Fold one {op.name} event into the state; by default it changes nothing.",

@@ -206,3 +206,38 @@ def subscribe_bank_account(
         start=start,
         options=options,
     )
+
+
+# The shape of the contracts above, which the next `backbone codegen`
+# compares them with to name changes that would break stored events.
+_SHAPES = {
+    "BankAccount": {
+        "opened": {
+            "version": 1,
+            "params": [
+                ["owner", "str", False],
+                ["currency", "str", False],
+            ],
+        },
+        "deposited": {
+            "version": 1,
+            "params": [
+                [
+                    "amount",
+                    "Annotated[decimal.Decimal, FieldInfo(annotation=NoneType, required=True, metadata=[Gt(gt=0), _PydanticGeneralMetadata(decimal_places=2)])]",  # noqa: E501
+                    False,
+                ],
+            ],
+        },
+        "withdrawn": {
+            "version": 1,
+            "params": [
+                [
+                    "amount",
+                    "Annotated[decimal.Decimal, FieldInfo(annotation=NoneType, required=True, metadata=[Gt(gt=0), _PydanticGeneralMetadata(decimal_places=2)])]",  # noqa: E501
+                    False,
+                ],
+            ],
+        },
+    },
+}

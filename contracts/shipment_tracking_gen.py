@@ -271,3 +271,43 @@ def subscribe_shipment_tracking(
         start=start,
         options=options,
     )
+
+
+# The shape of the contracts above, which the next `backbone codegen`
+# compares them with to name changes that would break stored events.
+_SHAPES = {
+    "ShipmentTracking": {
+        "order_placed": {
+            "version": 1,
+            "params": [
+                ["user", ".shipment_tracking.User", False],
+                ["product", ".shipment_tracking.Product", False],
+                ["time", "datetime.datetime", False],
+            ],
+        },
+        "packing": {
+            "version": 1,
+            "params": [
+                ["email", "str", False],
+                ["product_id", "int", False],
+                ["time", "datetime.datetime", False],
+            ],
+        },
+        "on_delivery": {
+            "version": 1,
+            "params": [
+                ["email", "str", False],
+                ["product_id", "int", False],
+                ["time", "datetime.datetime", False],
+            ],
+        },
+        "on_received": {
+            "version": 1,
+            "params": [
+                ["email", "str", False],
+                ["product_id", "int", False],
+                ["time", "datetime.datetime", False],
+            ],
+        },
+    },
+}

@@ -179,8 +179,15 @@ async def proxy(real_url: str) -> AsyncIterator[FlakyProxy]:
 
 
 async def drop_environment(connection: backbone.Backbone) -> None:
-    pattern = f"bb:{{{connection.environment}:*"
-    keys = [key async for key in connection.redis.scan_iter(match=pattern, count=1000)]
+    keys: list[bytes] = []
+    # Stream keys ({env:uri}) and the environment's own ({env}: the keyring).
+    for pattern in (
+        f"bb:{{{connection.environment}:*",
+        f"bb:{{{connection.environment}}}*",
+    ):
+        keys += [
+            key async for key in connection.redis.scan_iter(match=pattern, count=1000)
+        ]
     for start in range(0, len(keys), 1000):
         await connection.redis.delete(*keys[start : start + 1000])
 

@@ -33,6 +33,7 @@ EDGES = "tests/test_edges.py"
 ENTRY_FAULTS = "tests/test_entry_faults.py"
 GROUP_LOSS = "tests/test_group_loss.py"
 PRODUCER = "tests/test_producer.py"
+RETENTION = "tests/test_retention.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     # --- the window -------------------------------------------------------------------
@@ -434,6 +435,58 @@ MUTANTS: tuple[Mutant, ...] = (
         "self.encode = self._encoder(packer, False)",
         ("tests/test_validation.py::test_a_model_built_without_validation_is_refused",),
         "a model built with model_construct is published and refused by consumers",
+    ),
+    # --- retention ------------------------------------------------------------------
+    Mutant(
+        "trim-ignores-pending",
+        "backbone/lua/trim.lua",
+        "if tonumber(info['pending']) > 0 then",
+        "if false then",
+        (f"{RETENTION}::test_an_entry_pending_in_a_group_stays_unless_forced",),
+        "trimming removes entries a group read but has not acknowledged",
+    ),
+    Mutant(
+        "trim-ignores-unread",
+        "backbone/lua/trim.lua",
+        "local held, reason = first_from('(' .. info['last-delivered-id']), 'unread'",
+        "local held, reason = nil, 'unread'",
+        (f"{RETENTION}::test_an_entry_a_group_has_not_read_stays_unless_forced",),
+        "trimming removes entries a group has not read yet",
+    ),
+    Mutant(
+        "trim-ignores-projections",
+        "backbone/lua/trim.lua",
+        "hold('projection', name, first_from('(' .. saved[1]), 'not applied yet')",
+        "hold('projection', name, nil, 'not applied yet')",
+        (f"{RETENTION}::test_a_projection_holds_the_events_it_has_not_applied",),
+        "trimming removes events a projection has not applied",
+    ),
+    Mutant(
+        "trim-ignores-aggregates",
+        "backbone/lua/trim.lua",
+        "if mode == 'events' and values['a'] and aggregate == nil then",
+        "if false then",
+        (f"{RETENTION}::test_events_of_aggregates_stay_unless_forced",),
+        "trimming removes an event store's history",
+    ),
+    Mutant(
+        "trim-keeps-payloads",
+        "backbone/lua/trim.lua",
+        "redis.call(dry and 'EXISTS' or 'DEL', unpack(payloads))",
+        "redis.call('EXISTS', unpack(payloads))",
+        (
+            f"{RETENTION}::"
+            "test_trimming_by_length_removes_the_oldest_entries_and_their_payloads",
+        ),
+        "trimmed entries leave their payload hashes behind",
+    ),
+    Mutant(
+        "retention-failure-ends-the-policy",
+        "backbone/retainer.py",
+        "            except Exception as exc:\n                failures += 1",
+        "            except OSError as exc:\n                failures += 1",
+        (f"{RETENTION}::test_a_failing_policy_never_stops_the_consumer",),
+        "one refused trim ends a subscription's retention for good",
     ),
 )
 

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import codegen, demo, dlq, docs, inspect, tail
+from . import codegen, demo, dlq, docs, erase, inspect, tail, trim
 from . import replay as replay_cmd
 from . import run as run_cmd
 from .projection import projection_app
@@ -59,6 +59,8 @@ app.registered_commands += inspect.app.registered_commands
 app.registered_commands += tail.app.registered_commands
 app.registered_commands += run_cmd.app.registered_commands
 app.registered_commands += replay_cmd.app.registered_commands
+app.registered_commands += trim.app.registered_commands
+app.registered_commands += erase.app.registered_commands
 
 
 def main() -> None:

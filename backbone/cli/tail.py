@@ -35,6 +35,7 @@ from ..events import (
     as_text,
 )
 from ..inspection import NotAStreamError
+from ..keyring import Keyring, open_for_display
 from ..keys import StreamKeys
 from .common import (
     DEFAULT_URL,
@@ -230,6 +231,10 @@ async def _payloads(
                 pipe.type(keys.payload(entry_ids[index]))
             kinds = await pipe.execute(raise_on_error=False)
     kind_of = dict(zip(refused, kinds, strict=True))
+    # Personal values show as <personal>, or <erased> once their subject was.
+    await open_for_display(
+        Keyring.of(bus), [reply for reply in replies if isinstance(reply, dict)]
+    )
     found: list[Payload] = []
     for index, (entry, reply) in enumerate(zip(entry_ids, replies, strict=True)):
         key = keys.payload(entry)

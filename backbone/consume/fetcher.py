@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ..events import F_OPERATION, F_REDRIVE_GROUP, F_VERSION, as_text, entry_version
 from ..faults import is_transient
-from .delivery import Delivery, logical_id
+from ..keyring import Keyring
+from .delivery import Delivery, logical_id, open_sealed
 
 if TYPE_CHECKING:
     from .group import Group
@@ -41,6 +42,12 @@ class Fetcher:
             for name, codec in dispatcher.contract.codecs.items()
             if dispatcher.implements(name)
         }
+        self._codecs = {
+            name.encode(): codec
+            for name, codec in dispatcher.contract.codecs.items()
+            if dispatcher.implements(name)
+        }
+        self._keyring = Keyring.of(state.backbone)
 
     def mine(self, d: Delivery) -> bool:
         """False for a re-driven entry meant for another group."""
@@ -108,7 +115,8 @@ class Fetcher:
         self, wanted: list[tuple[Delivery, tuple[bytes, ...] | None]]
     ) -> bool:
         """Set each delivery's payload values (or its fault) and idempotency mark,
-        in one pipeline retried through outages: the entries are already this
+        in one pipeline, then open their personal values (one read of the
+        keyring), retried through outages: the entries are already this
         consumer's. False when the subscription stopped first."""
         state = self.state
         idempotent = state.options.idempotent
@@ -150,4 +158,13 @@ class Fetcher:
                 if not isinstance(scores, Exception):
                     for (d, _), score in zip(wanted, scores, strict=True):
                         d.done_mark = score is not None
+            try:
+                await open_sealed(self._keyring, [d for d, _ in wanted], self._codecs)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                if state.stopping.is_set():
+                    return False
+                await state.outage.wait(exc)
+                continue  # fetch again: the values were opened in place
             return True

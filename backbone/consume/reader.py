@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ..events import as_text, entry_version
 from ..faults import Fault, classify
-from .delivery import Delivery
+from ..keyring import Keyring
+from .delivery import Delivery, open_sealed
 
 if TYPE_CHECKING:
     from .fetcher import Fetcher
@@ -108,6 +109,13 @@ class Reader:
         self.group = group
         self.fetcher = fetcher
         self.script = ReadScript(state)
+        self.keyring = Keyring.of(state.backbone)
+        dispatcher = state.dispatcher
+        self.codecs = {
+            name.encode(): codec
+            for name, codec in dispatcher.contract.codecs.items()
+            if dispatcher.implements(name)
+        }
 
     async def run(self) -> None:
         state = self.state
@@ -161,6 +169,10 @@ class Reader:
                 return result
             last = result[-1]
             self.group.saw(last.entry_id, last.flat)
+            # Personal values, opened with one read of the keyring for the batch.
+            # A failure here is a lost reply: the entries are recovered (and
+            # opened) through the fetcher.
+            await open_sealed(self.keyring, result, self.codecs)
         finally:
             window.release(count)
         # An entry this consumer still holds can come again after its group was

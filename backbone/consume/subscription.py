@@ -32,6 +32,8 @@ from ..events import EventId
 from ..faults import is_transient
 from ..keys import validate_name
 from ..options import StartFrom, SubscriptionOptions
+from ..retainer import Retainer
+from ..versions import record_marks
 from .acker import Acker
 from .claimer import Claimer
 from .deadletter import DeadLetterStep
@@ -156,6 +158,15 @@ class Subscription:
                     self,
                     exc,
                 )
+            else:
+                # A consumer usually runs the newest contract: its retirements
+                # reach older producers before they write again.
+                state = self._state
+                await record_marks(
+                    state.backbone,
+                    state.keys,
+                    state.dispatcher.contract.spec.operations,
+                )
             loop = asyncio.get_running_loop()
             self._completion = loop.create_future()
             self._task = loop.create_task(self._run(), name=f"backbone:{self}")
@@ -256,6 +267,9 @@ class Subscription:
             if self._claimer is None
             else loop.create_task(self._claimer.run(), name=f"backbone-claimer:{self}")
         )
+        retainer = Retainer.start(
+            self.backbone, self.keys, self.options.retention, repr(self)
+        )
         failure: BaseException | None = None
         try:
             self._reading = loop.create_task(
@@ -281,6 +295,7 @@ class Subscription:
         reading = self._reading
         if reading is not None and reading.done() and not reading.cancelled():
             failure = failure or reading.exception()
+        await retainer.stop()
         try:
             await self._shutdown(workers, acker, claimer)
         except BaseException as exc:  # pragma: no cover - bug guard

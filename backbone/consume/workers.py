@@ -199,6 +199,11 @@ class Workers:
                 f"the payload key {key} cannot be read as a hash ({d.fault}); "
                 "something other than backbone wrote it",
             )
+        if d.damaged is not None:
+            raise DecodeError(
+                DeadLetterReason.UNDECODABLE,
+                f"a personal value of {key} cannot be opened: {d.damaged}",
+            )
         values = d.values if d.values is not None else []
         codec = route.codec
         version = d.version

@@ -7,6 +7,7 @@
 -- KEYS[2]  the aggregate's index: a list of entry ids, the event of version V
 --          at position V - 1 (so the aggregate's version is LLEN)
 -- KEYS[3]  the appender's batch record (dedupe of retried and late attempts)
+-- KEYS[4]  the stream's operation-version marks (optional; see versions.lua)
 -- ARGV[1]  expected version: "any", "new" (no events yet), "exists" (at least
 --          one event) or a number N (exactly N events; 0 is the same as "new")
 -- ARGV[2]  aggregate id (written into each entry as field "a")
@@ -15,7 +16,8 @@
 --          templates T and the templates, then the N events
 --
 -- Returns {status, detail, version}:
---   {0, {entry id, ...}, version}  written now; VERSION is the aggregate's new
+--   {0, {entry id, ...}, version, {deprecated "op:version", ...}}
+--                                  written now; VERSION is the aggregate's new
 --                                  version (that of the last event)
 --   {1, {entry id, ...}, version}  an earlier attempt of this batch wrote these
 --   {2, error text}                Redis refused an earlier attempt of this batch
@@ -23,6 +25,7 @@
 --                                  recorded
 --   {4, actual version}            the version was not the one expected (now,
 --                                  or when an earlier attempt of this batch ran)
+--   {5, "op:version"}              that operation version is retired
 -- and nothing is written unless the status is 0.
 local stream, index, record_key = KEYS[1], KEYS[2], KEYS[3]
 local expected, aggregate = ARGV[1], ARGV[2]
@@ -60,25 +63,6 @@ local function refuse(err)
   return redis.error_reply(err)
 end
 
-local current = redis.pcall('LLEN', index)
-if type(current) == 'table' and current.err then
-  return refuse(current.err)
-end
-local ok
-if expected == 'any' then
-  ok = true
-elseif expected == 'new' then
-  ok = current == 0
-elseif expected == 'exists' then
-  ok = current > 0
-else
-  ok = current == tonumber(expected)
-end
-if not ok then
-  redis.pcall('SET', record_key, batch_arg .. ' ? ' .. current, 'PX', ttl)
-  return {4, current}
-end
-
 local metas, hashes, widths = {}, {}, {}
 local pos = 8
 for t = 1, tonumber(ARGV[7]) do
@@ -99,6 +83,42 @@ for t = 1, tonumber(ARGV[7]) do
   pos = pos + f + 1
   metas[t], hashes[t], widths[t] = meta, hash, f
 end
+local MARKS, RETIRED = KEYS[4], 5
+
+-- Operation versions a newer contract retired are refused before anything is
+-- written; deprecated ones are written and reported. Marks only ever go up
+-- (versions.lua), so a retry of a refused batch is refused again. A template's
+-- metadata starts o, name, v, version, c, contract (writer.py). A marks key
+-- someone overwrote with another type marks nothing.
+local deprecated = {}
+if MARKS then
+  for t = 1, #metas do
+    local mark = metas[t][6] .. '.' .. metas[t][2] .. ':' .. metas[t][4]
+    local status = redis.pcall('HGET', MARKS, mark)
+    if status == 'retired' then return {RETIRED, mark} end
+    if status == 'deprecated' then deprecated[#deprecated + 1] = mark end
+  end
+end
+
+local current = redis.pcall('LLEN', index)
+if type(current) == 'table' and current.err then
+  return refuse(current.err)
+end
+local ok
+if expected == 'any' then
+  ok = true
+elseif expected == 'new' then
+  ok = current == 0
+elseif expected == 'exists' then
+  ok = current > 0
+else
+  ok = current == tonumber(expected)
+end
+if not ok then
+  redis.pcall('SET', record_key, batch_arg .. ' ? ' .. current, 'PX', ttl)
+  return {4, current}
+end
+
 
 local ids = {}
 
@@ -146,7 +166,7 @@ for i = 1, n do
 end
 
 if n == 0 then
-  return {0, ids, current}
+  return {0, ids, current, deprecated}
 end
 for first = 1, n, 4000 do
   local pushed = redis.pcall('RPUSH', index, unpack(ids, first, math.min(first + 3999, n)))
@@ -163,4 +183,4 @@ for first = 1, n, 4000 do
 end
 local version = current + n
 redis.call('SET', record_key, batch_arg .. ' ' .. ids[1] .. ' ' .. ids[n] .. ' ' .. version, 'PX', ttl)
-return {0, ids, version}
+return {0, ids, version, deprecated}

@@ -3,6 +3,7 @@
 --
 -- KEYS[1]  stream
 -- KEYS[2]  the producer's batch record (dedupe of retried and late attempts)
+-- KEYS[3]  the stream's operation-version marks (optional; see versions.lua)
 -- ARGV[1]  payload key prefix ("<stream>:p:")
 -- ARGV[2]  batch number: the same on every attempt of a batch, higher for
 --          every later batch of the producer instance
@@ -18,10 +19,11 @@
 -- is what the client has to pack and Redis has to parse.
 --
 -- Returns {status, detail}:
---   {0, {entry id, ...}}  written now
+--   {0, {entry id, ...}, {deprecated "op:version", ...}}  written now
 --   {1, {entry id, ...}}  an earlier attempt of this batch wrote these entries
 --   {2, error text}       Redis refused an earlier attempt of this batch
 --   {3, batch number}     stale: a later batch of this producer was recorded
+--   {4, "op:version"}     that operation version is retired
 -- and nothing is written unless the status is 0.
 local stream = KEYS[1]
 local n = tonumber(ARGV[4])
@@ -76,6 +78,22 @@ for t = 1, tonumber(ARGV[5]) do
   pos = pos + f + 1
   metas[t], hashes[t], widths[t] = meta, hash, f
 end
+local MARKS, RETIRED = KEYS[3], 4
+
+-- Operation versions a newer contract retired are refused before anything is
+-- written; deprecated ones are written and reported. Marks only ever go up
+-- (versions.lua), so a retry of a refused batch is refused again. A template's
+-- metadata starts o, name, v, version, c, contract (writer.py). A marks key
+-- someone overwrote with another type marks nothing.
+local deprecated = {}
+if MARKS then
+  for t = 1, #metas do
+    local mark = metas[t][6] .. '.' .. metas[t][2] .. ':' .. metas[t][4]
+    local status = redis.pcall('HGET', MARKS, mark)
+    if status == 'retired' then return {RETIRED, mark} end
+    if status == 'deprecated' then deprecated[#deprecated + 1] = mark end
+  end
+end
 
 local ids = {}
 
@@ -126,4 +144,4 @@ end
 if n > 0 then
   redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. ids[1] .. ' ' .. ids[n], 'PX', ARGV[3])
 end
-return {0, ids}
+return {0, ids, deprecated}

@@ -68,6 +68,9 @@ class Aggregate(Generic[S]):
         self.id = ""
         self.version = 0
         self._pending: list[Pending] = []
+        # The key ids of the subjects whose personal values the state was built
+        # from: a snapshot of it is sealed with all their keys.
+        self._key_ids: set[bytes] = set()
 
     @property
     def pending(self) -> int:

@@ -28,11 +28,13 @@ from ..errors import (
 from ..events import EventId
 from ..retrying import until_answered
 from ..scripts import AppendReply, AppendStatus
+from ..versions import refuse_retired, warn_deprecated
 from ..writer import Item, Writer
 from .expected import ExpectedVersion, wire
 
 if TYPE_CHECKING:
     from ..connection import Backbone
+    from ..contract import ContractSpec
     from ..keys import StreamKeys
     from ..producer_options import ProducerOptions
 
@@ -64,11 +66,12 @@ class Appender:
         keys: StreamKeys,
         identity: str,
         options: ProducerOptions,
+        contract: ContractSpec | None = None,
     ) -> None:
         self.backbone = backbone
         self.keys = keys
         self.options = options
-        self._writer = Writer(backbone, keys, identity, options)
+        self._writer = Writer(backbone, keys, identity, options, contract)
         self._records = keys.writer(f"{identity}:{secrets.token_hex(6)}")
         self._idle: list[_Slot] = []
         self._slots = 0
@@ -97,6 +100,7 @@ class Appender:
                 f"ProducerOptions.max_atomic_batch ({self.options.max_atomic_batch}); "
                 "save more often, or raise it"
             )
+        await self._writer.record_marks(items)
         slot = self._take()
         try:
             slot.sequence += 1
@@ -107,6 +111,8 @@ class Appender:
         stream = self.keys.stream
         if reply.status is AppendStatus.CONFLICT:
             raise ConcurrencyError(aggregate_id, stream, expected, reply.version)
+        if reply.status is AppendStatus.RETIRED:
+            raise refuse_retired(stream, reply.detail)
         if reply.status is AppendStatus.REFUSED:
             raise PublishError(
                 f"Redis refused to append to aggregate {aggregate_id!r} of "
@@ -124,6 +130,8 @@ class Appender:
                 "(trimmed meanwhile); the events are not written twice"
             )
         self.backbone.notify_written(stream)
+        if reply.deprecated:
+            warn_deprecated(stream, reply.deprecated, self._writer.warned)
         return Appended([EventId(stream, raw) for raw in reply.ids], reply.version)
 
     async def _attempts(
@@ -145,6 +153,7 @@ class Appender:
                     stream=stream,
                     index=index,
                     record=slot.record,
+                    marks=self.keys.versions,
                     expected=rule,
                     aggregate_id=aggregate_id,
                     argv=argv,

@@ -4,7 +4,8 @@ The index (``<stream>:agg:<id>``) lists the aggregate's entry ids in version
 order: the event of version V is at position V - 1. A read takes a range of it
 (``LRANGE``), then each entry (``XRANGE id id``, a lookup by id) and its payload
 hash (``HGETALL``) in one pipeline: its cost grows with the events read, not
-with the stream.
+with the stream. Sealed personal values are opened with one read of the
+keyring for the range (``ERASED`` where the subject was erased).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from ..events import (
     as_text,
     entry_version,
 )
+from ..keyring import Keyring, open_payloads
+from ..sealing import SealError
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -53,6 +56,9 @@ class RecordedEvent:
     metadata: Mapping[str, str]
     """The stream entry's fields (``o``, ``v``, ``c``, ``p``, ``a``, ``t``, ...;
     see docs/redis-layout.md)."""
+    key_ids: frozenset[bytes] = frozenset()
+    """The key ids of the subjects whose personal values it holds, opened (not
+    erased): a snapshot of a state built from it is sealed with their keys."""
 
     @property
     def named(self) -> dict[str, Any]:
@@ -92,6 +98,8 @@ async def read_range(
             pipe.xrange(keys.stream, entry_id, entry_id)
             pipe.hgetall(keys.payload(entry_id))
         replies = await pipe.execute()
+    payloads = replies[1::2]
+    opened = await open_payloads(Keyring(client, keys.environment), payloads)
     return [
         _decode(
             keys,
@@ -99,7 +107,9 @@ async def read_range(
             aggregate_id,
             first + n,
             entry_id,
-            *replies[2 * n : 2 * n + 2],
+            replies[2 * n],
+            payloads[n],
+            opened[n],
         )
         for n, entry_id in enumerate(ids)
     ]
@@ -113,6 +123,7 @@ def _decode(
     entry_id: str,
     entries: list[tuple[bytes, dict[bytes, bytes]]],
     payload: dict[bytes, bytes],
+    opened: SealError | frozenset[bytes],
 ) -> RecordedEvent:
     where = f"event {version} of aggregate {aggregate_id!r} ({keys.stream} {entry_id})"
     if not entries:
@@ -141,6 +152,8 @@ def _decode(
             f"{where} is a {operation!r} event, which contract {contract.name} does "
             f"not have (known: {known}); load it with the contract's current code",
         )
+    if isinstance(opened, SealError):
+        raise DecodeError("undecodable", f"{where}: {opened}")
     try:
         args = codec.decode(payload, entry_version(fields.get(F_VERSION)))
     except DecodeError as exc:
@@ -155,4 +168,5 @@ def _decode(
         args=tuple(args),
         parameters=codec.parameter_names,
         metadata={as_text(k): as_text(v) for k, v in fields.items()},
+        key_ids=opened,
     )

@@ -36,6 +36,8 @@ from ..events import (
     as_text,
     entry_version,
 )
+from ..keyring import Keyring, open_payloads
+from ..sealing import SealError
 from .checkpoint import (
     BROKEN,
     LAG_CAP,
@@ -142,6 +144,7 @@ class Projection:
                 "writes) -> None` (it queues the read model's deletion on writes)"
             )
         self._reset = reset
+        self._keyring = Keyring.of(backbone)
 
     @property
     def stream(self) -> str:
@@ -294,19 +297,27 @@ class Projection:
             setattr(self.stats, field, total)
         return True
 
-    async def _payloads(self, entries: Sequence[Entry]) -> list[dict[bytes, bytes]]:
+    async def _payloads(
+        self, entries: Sequence[Entry]
+    ) -> list[dict[bytes, bytes] | SealError]:
+        """The pages' payload hashes, their personal values opened (one read of
+        the keyring), or why one cannot be."""
         async with self.backbone.redis.pipeline(transaction=False) as pipe:
             for entry_id, _ in entries:
                 pipe.hgetall(self.keys.payload(entry_id))
             replies: list[dict[bytes, bytes]] = await pipe.execute()
-        return replies
+        opened = await open_payloads(self._keyring, replies)
+        return [
+            outcome if isinstance(outcome, SealError) else reply
+            for reply, outcome in zip(replies, opened, strict=True)
+        ]
 
     async def _apply(
         self,
         writes: Pipeline,
         entry_id: str,
         fields: dict[bytes, bytes],
-        payload: dict[bytes, bytes],
+        payload: dict[bytes, bytes] | SealError,
         counts: ProjectionStats,
     ) -> None:
         if F_REDRIVE_GROUP in fields or F_REDRIVE_ORIGIN in fields:
@@ -330,6 +341,10 @@ class Projection:
             if found is None:
                 counts.unimplemented += 1
                 return
+            if isinstance(payload, SealError):
+                raise DecodeError(
+                    "undecodable", f"a personal value cannot be opened: {payload}"
+                )
             try:
                 args = codec.decode(payload, entry_version(fields.get(F_VERSION)))
             except DecodeError as exc:

@@ -37,6 +37,8 @@ from ..events import (
     as_text,
     entry_version,
 )
+from ..keyring import Keyring, open_payloads
+from ..sealing import SealError
 from .ranges import Bound, next_id, range_ids
 
 if TYPE_CHECKING:
@@ -230,6 +232,15 @@ async def _payloads(
     payloads: list[Payload] = [None] * len(entries)
     for n, reply in zip(wanted, replies, strict=True):
         payloads[n] = reply
+    # Personal values: opened (or erased) with one read of the keyring per page.
+    opened = await open_payloads(Keyring.of(bus), payloads)
+    for n, outcome in enumerate(opened):
+        if isinstance(outcome, SealError):
+            payloads[n] = DecodeError(
+                "undecodable",
+                f"a personal value of {keys.payload(entries[n][0])} cannot be "
+                f"opened: {outcome}",
+            )
     return payloads
 
 
@@ -305,6 +316,8 @@ def _decode(
         )
     if payload is None:
         return []  # an operation the handler does not implement
+    if isinstance(payload, DecodeError):
+        raise payload
     if isinstance(payload, Exception):
         raise DecodeError(
             "unreadable-payload",

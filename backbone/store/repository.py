@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import pydantic
 
 from ..errors import ConcurrencyError, ConfigurationError
+from ..keyring import Keyring, seal_items
 from ..keys import validate_aggregate_id
 from ..producer import Producer
 from ..producer_options import ProducerOptions, default_identity
 from ..retrying import until_answered
+from ..sealing import collect_key_ids
 from ..writer import Item
 from .aggregate import Aggregate
 from .appender import Appender
@@ -87,7 +89,10 @@ class Repository(Generic[A]):
             self._snapshots = _state_adapter(probe)
         self.options = options or ProducerOptions()
         identity = self.options.identity or default_identity()
-        self._appender = Appender(backbone, self.keys, identity, self.options)
+        self._appender = Appender(
+            backbone, self.keys, identity, self.options, self.contract.spec
+        )
+        self._keyring = Keyring.of(backbone)
 
     @property
     def stream(self) -> str:
@@ -122,10 +127,11 @@ class Repository(Generic[A]):
                 type(aggregate).snapshot_schema,
             )
             if found is not None:
-                state, version = found
+                state, version, key_ids = found
                 length = await self.version(aggregate_id)
                 if version <= length:
                     aggregate.state, aggregate.version = state, version
+                    aggregate._key_ids |= key_ids
                 else:
                     # A cache that claims more events than the aggregate has is
                     # wrong (written by hand, or its index was replaced): replay.
@@ -152,6 +158,7 @@ class Repository(Generic[A]):
                     self.contract.spec.operation(event.operation), event.args
                 )
                 aggregate.version = event.version
+                aggregate._key_ids |= event.key_ids
             if len(events) < PAGE:
                 return aggregate
 
@@ -185,6 +192,14 @@ class Repository(Generic[A]):
         extra = Producer._extra_meta()
         millis = time.time_ns() // 1_000_000
         items = [Item(op, millis, extra, values, None) for op, values in pending]
+        await seal_items(
+            self._keyring,
+            items,
+            aggregate_id=aggregate.id,
+            timeout=self.options.publish_timeout,
+        )
+        for item in items:
+            collect_key_ids(item.values, aggregate._key_ids)
         appended = await self._appender.append(aggregate.id, items, rule)
         aggregate.mark_saved(len(pending), appended.version)
         every = type(aggregate).snapshot_every
@@ -201,6 +216,7 @@ class Repository(Generic[A]):
                 aggregate.state,
                 appended.version,
                 type(aggregate).snapshot_schema,
+                frozenset(aggregate._key_ids),
             )
         return appended.ids
 

@@ -536,3 +536,86 @@ def subscribe_all_types(
         start=start,
         options=options,
     )
+
+
+# The shape of the contracts above, which the next `backbone codegen`
+# compares them with to name changes that would break stored events.
+_SHAPES = {
+    "AllTypes": {
+        "scalars": {
+            "version": 1,
+            "params": [
+                ["text", "str", False],
+                ["number", "int", False],
+                ["ratio", "float", False],
+                ["flag", "bool", False],
+                ["raw", "bytes", False],
+                ["nothing", "None", False],
+            ],
+        },
+        "times": {
+            "version": 1,
+            "params": [
+                ["moment", "datetime.datetime", False],
+                ["naive", "datetime.datetime", False],
+                ["day", "datetime.date", False],
+                ["clock", "datetime.time", False],
+                ["span", "datetime.timedelta", False],
+            ],
+        },
+        "identifiers": {
+            "version": 1,
+            "params": [
+                ["key", "uuid.UUID", False],
+                ["amount", "decimal.Decimal", False],
+                ["color", ".all_types.Color", False],
+                ["level", ".all_types.Level", False],
+            ],
+        },
+        "containers": {
+            "version": 1,
+            "params": [
+                ["items", "list[int]", False],
+                ["pair", "tuple[str, int]", False],
+                ["many", "tuple[float, ...]", False],
+                ["unique", "set[str]", False],
+                ["frozen", "frozenset[int]", False],
+                ["mapping", "dict[str, list[int]]", False],
+                ["by_number", "dict[int, str]", False],
+                ["by_key", "dict[uuid.UUID, .all_types.Color]", False],
+            ],
+        },
+        "optionals": {
+            "version": 1,
+            "params": [
+                ["maybe", "int | None", False],
+                ["either", "int | str", False],
+                ["choice", "Literal['a', 'b']", False],
+                [
+                    "limited",
+                    "Annotated[int, FieldInfo(annotation=NoneType, required=True, metadata=[Ge(ge=0), Le(le=10)])]",  # noqa: E501
+                    False,
+                ],
+                ["defaulted", "str", True],
+                ["absent", "int | None", True],
+            ],
+        },
+        "models": {
+            "version": 1,
+            "params": [
+                ["customer", ".all_types.Customer", False],
+                ["others", "list[.all_types.Customer]", False],
+            ],
+        },
+        "renamed-op": {
+            "version": 2,
+            "params": [
+                ["value", "int", False],
+            ],
+        },
+        "empty": {
+            "version": 1,
+            "params": [],
+        },
+    },
+}
