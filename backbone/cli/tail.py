@@ -15,13 +15,14 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Annotated, Any, Final
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import Annotated, Any, Final, TypeVar
 
 import typer
 
 from ..codec import unpack_value
 from ..connection import Backbone
+from ..consume.reader import discard_outcome
 from ..events import (
     F_CAUSATION,
     F_CONTRACT,
@@ -54,6 +55,8 @@ from .common import (
 )
 
 app = typer.Typer()
+
+T = TypeVar("T")
 
 _BLOCK_MS: Final = 2000  # below the connection's command timeout
 _BATCH: Final = 100
@@ -155,6 +158,19 @@ async def _until_signal(work: Coroutine[Any, Any, None]) -> None:
             loop.remove_signal_handler(number)
 
 
+async def _cancellable(command: Awaitable[T]) -> T:
+    """Await a blocking COMMAND in a task of its own: redis-py can swallow a
+    cancellation that arrives as a blocking command starts, and a Ctrl-C must
+    end the tail at once, not after the block (or never)."""
+    running = asyncio.ensure_future(command)
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        running.cancel()
+        running.add_done_callback(discard_outcome)
+        raise
+
+
 async def _follow(
     bus: Backbone,
     keys: StreamKeys,
@@ -181,8 +197,8 @@ async def _follow(
     while count is None or seen < count:
         wakeup = bus.wakeup_event(keys.stream)
         room = _BATCH if count is None else min(_BATCH, count - seen)
-        reply: Any = await redis.xread(
-            {keys.stream: cursor}, count=room, block=_BLOCK_MS
+        reply: Any = await _cancellable(
+            redis.xread({keys.stream: cursor}, count=room, block=_BLOCK_MS)
         )
         entries: list[Entry] = [
             (as_text(entry), fields or {})
