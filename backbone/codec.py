@@ -226,9 +226,29 @@ class OperationCodec:
                 ) from exc
             out.append(encoded)
         for position, subject in self.personal:
-            owner = None if subject is None else str(args[subject])
+            owner = None
+            if subject is not None:
+                owner = self._subject(subject, args, out)
+                if not owner:
+                    raise ValidationError(
+                        self.operation.qualified_name,
+                        self._params[position].name,
+                        f"its subject, parameter {self._params[subject].name!r}, is "
+                        "empty, and personal data of an empty subject could never be "
+                        "erased; give the subject's value",
+                    )
             out[position] = Unsealed(out[position], owner)
         return out
+
+    def _subject(self, at: int, args: Sequence[Any], out: Sequence[bytes]) -> str:
+        """The subject named by the parameter at position AT: the ``str()`` of
+        the value stored (what consumers see and ``erase`` is given), not of the
+        argument as passed (an enum member, a value a constraint normalises)."""
+        value = args[at]
+        exact = self._params[at].exact
+        if exact is None or type(value) is not exact:
+            value = unpack(out[at])
+        return str(value)
 
     @property
     def version(self) -> int:
@@ -300,7 +320,13 @@ class OperationCodec:
 
     def decode_mapping(self, payload: Mapping[str, Any], origin: str) -> list[Any]:
         """Validate unpacked PAYLOAD values (parameter name -> value) into the
-        arguments; ORIGIN says where the payload came from, for errors."""
+        arguments; ORIGIN says where the payload came from, for errors.
+
+        PAYLOAD comes out of the upcasters, which see opened personal values as
+        they are, :data:`~backbone.ERASED` included, and may move, copy or wrap
+        them: a value that is, or holds, the erased marker and does not
+        validate reads as ERASED (its subject was erased), never as a bad
+        payload."""
         args: list[Any] = []
         for exact, validate, param in self._decoders:
             if param.name not in payload:
@@ -314,12 +340,15 @@ class OperationCodec:
                     "upcaster that sets it, or give the parameter a default",
                 )
             obj = payload[param.name]
-            if type(obj) is exact or (obj is ERASED and param.personal):
+            if type(obj) is exact or obj is ERASED:
                 args.append(obj)
                 continue
             try:
                 args.append(validate(obj))
             except pydantic.ValidationError as exc:
+                if _holds_erased(obj):
+                    args.append(ERASED)
+                    continue
                 raise DecodeError(
                     "invalid-payload",
                     f"{self.operation.qualified_name}: field {param.name!r} ({origin}) "
@@ -362,6 +391,17 @@ class OperationCodec:
                     f"fit its annotation: {_one_line(exc)}",
                 ) from exc
         return args
+
+
+def _holds_erased(value: object) -> bool:
+    """True when VALUE is, or holds inside containers, the erased marker."""
+    if value is ERASED:
+        return True
+    if isinstance(value, Mapping):
+        return any(_holds_erased(item) for item in value.values())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_holds_erased(item) for item in value)
+    return False
 
 
 def _one_line(exc: pydantic.ValidationError) -> str:

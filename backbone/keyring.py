@@ -10,6 +10,7 @@ never cached across batches: an erasure takes effect at the next read.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Collection, MutableMapping, MutableSequence, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -120,7 +121,27 @@ class Keyring:
             (self.keys.subjects, self.keys.erased),
             ("erase", kid.hex(), now_ms),
         )
-        return bool(deleted), int(at) if at else None
+        return bool(deleted), _millis(self.keys.erased, kid, at)
+
+
+def _millis(where: str, kid: bytes, raw: object) -> int | None:
+    """The Unix milliseconds of an erasure as recorded in WHERE; None when there
+    is no record, or it is not a time (something other than backbone wrote it:
+    logged, never raised; the key is gone all the same)."""
+    if not isinstance(raw, (bytes, str, int)) or not raw:
+        return None
+    try:
+        at = int(raw)
+        dt.datetime.fromtimestamp(at / 1000, dt.UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        log.warning(
+            "%s holds %r for key id %s, not a time in Unix milliseconds; ignoring it",
+            where,
+            raw,
+            kid.hex(),
+        )
+        return None
+    return at
 
 
 # --- sealing what producers write --------------------------------------------------

@@ -26,6 +26,7 @@ from .errors import (
     ConfigurationError,
     PublishError,
     ReplicationTimeout,
+    RetiredVersionError,
 )
 from .events import (
     F_CAUSATION,
@@ -244,9 +245,10 @@ class Producer:
         self, items: list[Item], *, atomic: bool = False
     ) -> list[EventId]:
         """One atomic write of ITEMS (see :mod:`backbone.writer`). When Redis
-        refuses a coalesced (not ATOMIC) batch, its events are sent one by one so
-        that only the refused ones fail. Personal values are sealed first (one
-        round trip to the keyring for the batch)."""
+        refuses a coalesced (not ATOMIC) batch, or a retired operation version
+        among its events refuses it, its events are sent one by one so that only
+        the refused ones fail. Personal values are sealed first (one round trip
+        to the keyring for the batch)."""
         await seal_items(
             self._keyring,
             items,
@@ -255,7 +257,7 @@ class Producer:
         )
         try:
             return await self._writer.write(items)
-        except BatchRefused:
+        except (BatchRefused, RetiredVersionError):
             if len(items) > 1 and not atomic:
                 return await self._send_one_by_one(items)
             raise

@@ -55,20 +55,21 @@ def marks_of(operations: Iterable[OperationSpec]) -> list[tuple[str, str]]:
 
 async def record_marks(
     backbone: Backbone, keys: StreamKeys, operations: Iterable[OperationSpec]
-) -> None:
+) -> bool:
     """Record the marks OPERATIONS declare on the stream of KEYS, once per
-    connection.
+    connection. True when they are recorded (now or before).
 
-    A failure is logged, not raised: the process can still write and read, only
-    its contract's marks wait for the next attempt (its next write or start).
+    A failure is logged, not raised (False): the process can still write and
+    read, only its contract's marks wait for the next attempt (its next write
+    or start).
     """
     marks = marks_of(operations)
     if not marks:
-        return
+        return True
     done = _recorded.setdefault(backbone, set())
     token = (keys.versions, tuple(marks))
     if token in done:
-        return
+        return True
     try:
         raised = await backbone.scripts.versions.mark(
             backbone.redis, keys.versions, marks
@@ -82,10 +83,11 @@ async def record_marks(
             keys.stream,
             exc,
         )
-        return
+        return False
     done.add(token)
     if raised:
         log.info("recorded %d version mark(s) on %s", raised, keys.stream)
+    return True
 
 
 def refuse_retired(stream: str, mark: str) -> RetiredVersionError:

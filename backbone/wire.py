@@ -13,7 +13,8 @@ code  type        body
 5     Decimal     ``str()`` text
 6     timedelta   signed 8-byte big-endian microseconds
 7     (sealed)    a personal value, sealed (:mod:`backbone.sealing`)
-8     (erased)    empty: a personal value whose subject was erased
+8     (erased)    empty: a personal value whose subject was erased (also
+                  :data:`~backbone.ERASED` kept in a snapshot's state)
 ====  ==========  =========================================
 
 Enums travel as their value, sets as sorted arrays, tuples as arrays, pydantic
@@ -89,6 +90,9 @@ def default(obj: object) -> object:
             return list(obj)
     if isinstance(obj, pydantic.BaseModel):
         return obj.model_dump(mode="python")
+    if obj is ERASED:
+        # A state folded from erased values keeps the marker (snapshots).
+        return msgpack.ExtType(EXT_ERASED, b"")
     raise TypeError(f"cannot encode a value of type {type(obj).__qualname__}")
 
 

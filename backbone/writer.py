@@ -139,8 +139,8 @@ class Writer:
             operations = {codec.operation for codec in new}
             if self.contract is not None:
                 operations.update(self.contract.operations)
-            await record_marks(self.backbone, self.keys, operations)
-            self._marked |= new
+            if await record_marks(self.backbone, self.keys, operations):
+                self._marked |= new  # else tried again with the next batch
 
     async def write(self, items: list[Item]) -> list[EventId]:
         """One atomic write of ITEMS, retried on transient errors until the timeout.

@@ -108,7 +108,8 @@ def _quote(text: str) -> str:
 
 def read_shapes(source: str) -> Shapes | None:
     """The ``_SHAPES`` recorded in a generated module's SOURCE; None when it has
-    none (generated before shapes were recorded) or it cannot be read."""
+    none (generated before shapes were recorded) or it cannot be read (not a
+    literal, or not laid out as :func:`render_shapes` writes it)."""
     try:
         tree = ast.parse(source)
     except SyntaxError:
@@ -122,10 +123,36 @@ def read_shapes(source: str) -> Shapes | None:
         ):
             try:
                 value = ast.literal_eval(node.value)
-            except ValueError:
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
                 return None
-            return value if isinstance(value, dict) else None
+            return value if _well_formed(value) else None
     return None
+
+
+def _well_formed(shapes: object) -> bool:
+    """SHAPES has the layout :func:`render_shapes` writes (a hand edit or a
+    merge may have left anything)."""
+    if not isinstance(shapes, dict):
+        return False
+    for contract, operations in shapes.items():
+        if not isinstance(contract, str) or not isinstance(operations, dict):
+            return False
+        for name, shape in operations.items():
+            if not isinstance(name, str) or not isinstance(shape, dict):
+                return False
+            version = shape.get("version", 1)
+            params = shape.get("params", [])
+            if type(version) is not int or not isinstance(params, list):
+                return False
+            if not all(
+                isinstance(p, list)
+                and len(p) == 3
+                and isinstance(p[0], str)
+                and isinstance(p[1], str)
+                for p in params
+            ):
+                return False
+    return True
 
 
 def breaking_changes(

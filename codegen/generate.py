@@ -227,10 +227,12 @@ def generate(
     """Generate (or with CHECK, only compare) the modules for contracts under PATHS.
 
     Each contract is also compared with the shape its generated module recorded
-    (:mod:`codegen.compat`): a change that would break stored events raises
-    :class:`BreakingChanges` and writes nothing, unless ACCEPT_BREAKING; with
-    CHECK it is reported in the outcome. STORED, when given, is the (contract,
-    operation) pairs streams still hold: removing any other operation is fine.
+    (:mod:`codegen.compat`), wherever the contract is now; the contracts an
+    orphaned module recorded count as removed. A change that would break stored
+    events raises :class:`BreakingChanges` and writes (or deletes) nothing,
+    unless ACCEPT_BREAKING; with CHECK it is reported in the outcome. STORED,
+    when given, is the (contract, operation) pairs streams still hold: removing
+    any other operation is fine.
 
     Only modules whose source declares a contract are imported. Generated
     modules under PATHS whose contract module is gone (or holds no contract any
@@ -243,20 +245,19 @@ def generate(
     """
     modules, generated_seen = _find(paths)
     rendered: list[tuple[Path, str]] = []
-    breaking: list[str] = []
+    # Where each generated module's recorded shapes came from: its contract
+    # module, or for an orphan (its contract module gone) the orphan itself.
+    recorded: list[tuple[Path, Path]] = []
     for found in modules:
         target = found.file.with_name(found.file.stem + GENERATED_SUFFIX)
         with relative_to(found.name.rpartition(".")[0]):
             text = render_module(found.name, found.specs)
         rendered.append((target, text + render_shapes(found.specs)))
-        old = (
-            read_shapes(target.read_text(encoding="utf-8")) if target.exists() else None
-        )
-        if old is not None:
-            breaking += [
-                f"{found.file}: {line}"
-                for line in breaking_changes(old, found.specs, stored)
-            ]
+        recorded.append((target, found.file))
+    expected = {target for target, _ in rendered}
+    orphaned = [file for file in generated_seen if file not in expected]
+    recorded += [(file, file) for file in orphaned]
+    breaking = _breaking(recorded, modules, stored)
     if breaking and not check and not accept_breaking:
         raise BreakingChanges(
             [
@@ -277,8 +278,6 @@ def generate(
         else:
             target.write_text(text, encoding="utf-8")
             written.append(target)
-    expected = {target for target, _ in rendered}
-    orphaned = [file for file in generated_seen if file not in expected]
     if not check:
         for file in orphaned:
             file.unlink()
@@ -289,3 +288,30 @@ def generate(
         tuple(orphaned),
         tuple(breaking) if check else (),
     )
+
+
+def _breaking(
+    recorded: Sequence[tuple[Path, Path]],
+    modules: Sequence[ContractModule],
+    stored: Container[tuple[str, str]] | None,
+) -> list[str]:
+    """The changes that would break stored events, each line naming a file.
+
+    RECORDED pairs each generated module with the file its shapes are told
+    about. Every contract a generated module recorded is compared with the
+    contract of that name wherever it is now (a contract may move between
+    modules), or counted as removed when none is left (also when its contract
+    module was deleted: the generated module is an orphan)."""
+    specs = [spec for module in modules for spec in module.specs]
+    where = {spec.name: module.file for module in modules for spec in module.specs}
+    lines: list[str] = []
+    for target, file in recorded:
+        old = (
+            read_shapes(target.read_text(encoding="utf-8")) if target.exists() else None
+        )
+        for contract, operations in (old or {}).items():
+            lines += [
+                f"{where.get(contract, file)}: {line}"
+                for line in breaking_changes({contract: operations}, specs, stored)
+            ]
+    return lines

@@ -182,6 +182,50 @@ def test_the_command_prints_one_line_per_change_and_exits_1(package: Path) -> No
     assert run_cli("codegen", "--check", package.parent.name, cwd=cwd).returncode == 0
 
 
+OTHER = """
+@contract(name="Other")
+class Other(Protocol):
+    async def happened(self, what: str) -> None: ...
+"""
+
+
+def test_a_contract_module_deleted_is_a_removed_contract(package: Path) -> None:
+    """Its generated module is orphaned, and its shapes still name the contract
+    whose events streams hold: deleting it silently would hide the break."""
+    other = package.with_name("other.py")
+    other.write_text(HEADER + textwrap.dedent(OTHER))
+    generate([package.parent])
+    before = generated(package).read_text()
+    package.unlink()
+    with pytest.raises(BreakingChanges, match="contract Parcels was removed"):
+        generate([package.parent])
+    assert generated(package).read_text() == before  # nothing deleted
+    outcome = generate([package.parent], check=True)
+    assert any("contract Parcels was removed" in line for line in outcome.breaking)
+    generate([package.parent], accept_breaking=True)
+    assert not generated(package).exists()
+    assert generate([package.parent], check=True).ok_for_check
+
+
+def test_a_contract_moved_to_another_module_is_not_removed(package: Path) -> None:
+    other = package.with_name("other.py")
+    other.write_text(HEADER + textwrap.dedent(OTHER))
+    generate([package.parent])
+    # Parcels moves from events.py to other.py, unchanged.
+    third = OTHER.replace('"Other"', '"Third"').replace("class Other", "class Third")
+    other.write_text(HEADER + textwrap.dedent(OTHER) + textwrap.dedent(V1))
+    evolve(package, third)
+    outcome = generate([package.parent])
+    assert set(outcome.written) == {generated(package), generated(other)}
+    # A move that also breaks is still named, with the file it moved to.
+    retyped = V1.replace("weight: int", "weight: float")
+    other.write_text(HEADER + textwrap.dedent(OTHER) + textwrap.dedent(retyped))
+    evolve(package, third)
+    with pytest.raises(BreakingChanges, match="'weight' changed type") as caught:
+        generate([package.parent])
+    assert str(caught.value).startswith(f"{other}: Parcels.shipped")
+
+
 def test_a_module_generated_before_shapes_were_recorded_is_not_compared(
     package: Path,
 ) -> None:
@@ -190,6 +234,34 @@ def test_a_module_generated_before_shapes_were_recorded_is_not_compared(
     target.write_text(text[: text.index("\n\n# The shape of the contracts")] + "\n")
     evolve(package, V1.replace("email: str, weight: int", "email: str"))
     assert generate([package.parent]).written == (target,)
+    assert read_shapes(target.read_text()) is not None
+
+
+@pytest.mark.parametrize(
+    "damaged",
+    [
+        '{"Parcels": 5}',
+        '{"Parcels": {"shipped": {"version": "x"}}}',
+        '{"Parcels": {"shipped": {"version": 1, "params": [["a"]]}}}',
+        '{"Parcels": {"shipped": {"version": 1, "params": 3}}}',
+        '{"Parcels": {"shipped": []}}',
+        "{1: 2}",
+        "{[1]: 2}",
+    ],
+)
+def test_a_damaged_shapes_record_is_not_compared_nor_a_traceback(
+    package: Path, damaged: str
+) -> None:
+    """A hand edit or a merge left a `_SHAPES` that is no shape record: it is
+    read as none (as for a module generated before shapes were recorded)."""
+    target = generated(package)
+    text = target.read_text()
+    at = text.index("_SHAPES = ")
+    target.write_text(text[:at] + f"_SHAPES = {damaged}\n")
+    assert read_shapes(target.read_text()) is None
+    cwd = package.parent.parent
+    result = run_cli("codegen", package.parent.name, cwd=cwd)
+    assert result.returncode == 0, result.stderr
     assert read_shapes(target.read_text()) is not None
 
 

@@ -5,9 +5,11 @@ letters and the TestBus, on both backends."""
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from typing import Annotated, Any, Protocol
 
+import pydantic
 import pytest
 
 import backbone
@@ -96,6 +98,85 @@ async def test_after_erase_handlers_see_erased_and_the_rest_stays(
     nothing = await backbone.erase(bus, "never-seen")
     assert (nothing.outcome, nothing.erased_at) == ("no data", None)
     assert "nothing to erase" in str(nothing)
+
+
+class Tier(str, enum.Enum):  # noqa: UP042 - str() is "Tier.GOLD", not "gold"
+    GOLD = "gold"
+
+
+@contract(name="Members")
+class Members(Protocol):
+    async def joined(
+        self,
+        member_id: Annotated[
+            str, pydantic.StringConstraints(strip_whitespace=True, to_lower=True)
+        ],
+        name: Annotated[str, Personal("member_id")],
+    ) -> None: ...
+
+    async def ranked(self, tier: str, name: Annotated[str, Personal("tier")]) -> None:
+        """A tier as the subject: passed as an enum member, stored as its value."""
+
+
+async def test_the_subject_is_the_value_stored_not_the_argument_as_passed(
+    bus: backbone.Backbone,
+) -> None:
+    """What a consumer sees as the subject, and what `erase` is given, is the
+    stored value: the key is that value's, however the argument was spelled."""
+    members = backbone.bind(Members)
+    producer = bus.producer("members", members.spec)
+    await producer.publish(members.operation("joined"), ("  M-7 ", "Ada"))
+    await producer.publish(members.operation("ranked"), (Tier.GOLD, "Bob"))
+    stream = bus.keys("members").stream
+    assert [fields[b"o"] for _, fields in await bus.redis.xrange(stream)] == [
+        b"joined",
+        b"ranked",
+    ]
+    assert (await backbone.erase(bus, "m-7")).outcome == "erased"
+    assert (await backbone.erase(bus, "gold")).outcome == "erased"
+
+    class Seen:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, object]] = []
+
+        async def joined(self, member_id: str, name: object) -> None:
+            self.calls.append((member_id, name))
+
+        async def ranked(self, tier: str, name: object) -> None:
+            self.calls.append((tier, name))
+
+    seen = Seen()
+    await backbone.replay(bus, "members", dispatcher(members, seen))
+    assert seen.calls == [("m-7", ERASED), ("gold", ERASED)]
+
+
+async def test_a_personal_value_of_an_empty_subject_is_refused(
+    bus: backbone.Backbone,
+) -> None:
+    """`erase` and `backbone erase` refuse an empty subject, so a value sealed
+    for one could never be erased: it is never written."""
+    producer = bus.producer(URI, CUSTOMERS.spec)
+    with pytest.raises(backbone.ValidationError, match=r"'email'.*is empty"):
+        await producer.publish(REGISTERED, ("", ADA, "UK"))
+    with pytest.raises(backbone.ValidationError, match=r"'email'.*is empty"):
+        await producer.publish(SUBSCRIBED, ("", "releases"))
+    assert await bus.redis.xlen(bus.keys(URI).stream) == 0
+    assert not await holds(bus, ADA)
+
+
+@pytest.mark.parametrize("garbage", ["not-a-time", "99999999999999999999"])
+async def test_an_erasure_record_someone_overwrote_is_no_crash(
+    bus: backbone.Backbone, garbage: str
+) -> None:
+    await publish_two(bus)
+    kid = key_id("c-1").hex()
+    await bus.redis.hset(f"bb:{{{bus.environment}}}:erased", kid, garbage)
+    first = await backbone.erase(bus, "c-1")  # deletes the key, records anew
+    assert first.outcome == "erased"
+    await bus.redis.hset(f"bb:{{{bus.environment}}}:erased", kid, garbage)
+    again = await backbone.erase(bus, "c-1")
+    assert (again.erased, again.erased_at) == (False, None)
+    assert "nothing to erase" in str(again)
 
 
 async def test_erasure_takes_effect_for_a_running_subscription(
@@ -238,6 +319,56 @@ async def test_a_snapshot_needs_every_subject_it_holds(bus: backbone.Backbone) -
     again = await repo.load("t-1")
     assert again.applied == 2
     assert again.state == {"m-1": "Ace", "m-2": ""}
+
+
+class KeptState(pydantic.BaseModel):
+    """A state that keeps what `apply_named` gets, erased marker included."""
+
+    model_config = pydantic.ConfigDict(arbitrary_types_allowed=True)
+    name: str | backbone.Erased | None = None
+    notes: list[str] = []
+
+
+class KeptProfile(backbone.Aggregate[KeptState]):
+    contract = PROFILES
+    snapshot_every = 2
+
+    def __init__(self) -> None:
+        super().__init__(KeptState())
+        self.applied = 0
+
+    def apply_named(self, name: str | backbone.Erased, country: str) -> None:
+        self.applied += 1
+        self.state.name = name
+
+    def apply_noted(self, note: str) -> None:
+        self.applied += 1
+        self.state.notes.append(note)
+
+
+async def test_a_state_that_keeps_the_erased_marker_is_snapshotted_again(
+    bus: backbone.Backbone, caplog: pytest.LogCaptureFixture
+) -> None:
+    profiles = bus.aggregates("profiles", KeptProfile)
+    profile = await profiles.load("p-3")
+    profile.record(PROFILES.operation("named"), ("Ada", "UK"))
+    profile.record(PROFILES.operation("noted"), ("one",))
+    await profiles.save(profile)
+    await backbone.erase(bus, "p-3")
+    erased = await profiles.load("p-3")
+    assert (erased.applied, erased.state.name) == (2, ERASED)
+    erased.record(PROFILES.operation("noted"), ("two",))
+    erased.record(PROFILES.operation("noted"), ("three",))
+    with caplog.at_level(logging.WARNING, logger="backbone.store"):
+        await profiles.save(erased)  # version 4: a snapshot is due
+    assert "could not store snapshot" not in caplog.text
+    snapshot = await bus.redis.hgetall(bus.keys("profiles").snapshot("p-3"))
+    assert snapshot[b"v"] == b"4"
+    loaded = await profiles.load("p-3")
+    assert loaded.applied == 0  # from the new snapshot
+    assert loaded.state.name is ERASED
+    assert loaded.state.notes == ["one", "two", "three"]
+    assert not await holds(bus, "Ada")
 
 
 async def test_a_dead_letter_copy_is_erased_too_and_redrive_delivers_erased(
@@ -436,6 +567,69 @@ async def test_an_upcaster_sees_erased_values(bus: backbone.Backbone) -> None:
         ("registered", ("c-2", ERASED, "unknown")),
     ]
     assert seen == [ADA, ERASED]
+
+
+class Contact(pydantic.BaseModel):
+    email: str
+    verified: bool = False
+
+
+async def test_an_erased_value_an_upcaster_wrapped_or_copied_reads_as_erased(
+    bus: backbone.Backbone,
+) -> None:
+    """An upcaster put the opened value inside a model and copied it into a
+    plain parameter: after erasure both read as ERASED, never a dead letter."""
+
+    @contract(name="Customers")
+    class CustomersV1(Protocol):
+        async def registered(
+            self, customer_id: str, mail: Annotated[str, Personal("customer_id")]
+        ) -> None: ...
+
+    def wrap(payload: dict[str, Any]) -> dict[str, Any]:
+        mail = payload.pop("mail")
+        return {
+            "customer_id": payload["customer_id"],
+            "contact": {"email": mail},
+            "reply_to": mail,
+        }
+
+    @contract(name="Customers")
+    class CustomersV2(Protocol):
+        @operation(version=2, upcasters={1: wrap})
+        async def registered(
+            self,
+            customer_id: str,
+            contact: Annotated[Contact, Personal("customer_id")],
+            reply_to: str,
+        ) -> None: ...
+
+    class Handler:
+        def __init__(self) -> None:
+            self.calls: list[tuple[object, ...]] = []
+
+        async def registered(
+            self, customer_id: str, contact: object, reply_to: object
+        ) -> None:
+            self.calls.append((customer_id, contact, reply_to))
+
+    v1, v2 = backbone.bind(CustomersV1), backbone.bind(CustomersV2)
+    producer = bus.producer(URI, v1.spec)
+    await producer.publish(v1.operation("registered"), ("c-1", ADA))
+    await producer.publish(v1.operation("registered"), ("c-2", BOB))
+    await backbone.erase(bus, "c-2")
+    expected = [("c-1", Contact(email=ADA), ADA), ("c-2", ERASED, ERASED)]
+    handler = Handler()
+    async with bus.subscribe(
+        URI, dispatcher(v2, handler, partial=True), group="g", start=FROM_START
+    ) as sub:
+        await eventually(lambda: len(handler.calls) == 2)
+        assert sub.stats.dead_lettered == 0
+    assert handler.calls == expected
+    replayed = Handler()
+    summary = await backbone.replay(bus, URI, dispatcher(v2, replayed, partial=True))
+    assert (summary.replayed, summary.undecodable) == (2, 0)
+    assert replayed.calls == expected
 
 
 async def test_the_test_bus_reads_personal_values_and_erased_ones() -> None:

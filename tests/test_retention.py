@@ -251,6 +251,21 @@ async def test_a_projection_holds_the_events_it_has_not_applied(
     assert applied
 
 
+async def test_a_projection_being_rebuilt_holds_the_whole_stream(
+    bus: backbone.Backbone,
+) -> None:
+    ids = await publish(bus, 5)
+    counts = _projection(bus, "counts")
+    assert await counts.catch_up() == 5
+    await counts.reset()  # a rebuild began: nothing of it is applied yet
+    report = await backbone.trim(bus, URI, max_len=0)
+    assert report.removed == 0
+    assert holds(report) == [("projection", "counts", ids[0])]
+    assert await counts.catch_up() == 5  # the rebuild finds every event
+    status = await counts.status()
+    assert (status.checkpoint, status.applied, status.lag) == (ids[-1], 5, 0)
+
+
 async def test_events_of_aggregates_stay_unless_forced(bus: backbone.Backbone) -> None:
     before = await publish(bus, 3)
     repo = bus.aggregates(URI, Shipment)

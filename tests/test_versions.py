@@ -3,6 +3,7 @@ deprecated and retired versions shared through Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import decimal
 import warnings
@@ -171,6 +172,46 @@ async def test_a_compatible_newer_event_is_handled_by_an_older_consumer_and_an_i
     assert "version 2" in letter["em"]
     assert "knows version 1" in letter["em"]
     assert "regenerate" in letter["em"]
+
+
+def text_to_body(payload: dict[str, Any]) -> dict[str, Any]:
+    payload["body"] = payload.pop("text")
+    return payload
+
+
+@contract(name="Parcels")
+class ParcelsRenamed(Protocol):
+    async def shipped(self, email: str, weight: int) -> None: ...
+
+    @operation(version=2, upcasters={1: text_to_body})
+    async def noted(self, body: str) -> None: ...
+
+
+async def test_a_newer_event_none_of_whose_fields_an_older_consumer_knows_is_newer_version(  # noqa: E501
+    bus: backbone.Backbone,
+) -> None:
+    """Its payload hash exists, under names the older consumer does not know:
+    `newer-version`, not `missing-payload`; a truly missing hash stays
+    `missing-payload`, whatever the version."""
+    renamed = backbone.bind(ParcelsRenamed)
+    producer = bus.producer("parcels", renamed.spec)
+    await producer.publish(renamed.operation("noted"), ("renamed",))
+    gone = await producer.publish(renamed.operation("noted"), ("deleted",))
+    await bus.redis.delete(bus.keys("parcels").payload(gone.id))
+    stream = bus.keys("parcels").stream
+    await bus.redis.xgroup_create(stream, "old", id="0")
+    await bus.redis.xreadgroup("old", "w1", {stream: ">"}, count=1)  # one claimed
+    handler = HandlerV1()
+    async with bus.subscribe(
+        "parcels", dispatcher(V1, handler), group="old", consumer="w1"
+    ) as sub:
+        await eventually(lambda: sub.stats.dead_lettered == 2)
+    assert handler.calls == []
+    letters = await dead_letters(bus, "parcels")
+    assert [letter["r"] for letter in letters] == ["newer-version", "missing-payload"]
+    assert "version 2" in letters[0]["em"]
+    summary = await backbone.replay(bus, "parcels", dispatcher(V1, HandlerV1()))
+    assert (summary.replayed, summary.undecodable) == (0, 2)
 
 
 async def test_recovered_and_claimed_old_events_are_upcast_too(
@@ -419,6 +460,43 @@ async def test_a_marks_key_holding_garbage_does_not_stop_publishing(
     await bus.redis.set(keys.versions, "garbage")
     await bus.producer("parcels", V3.spec).publish(V3.operation("noted"), ("x", False))
     assert await bus.redis.xlen(keys.stream) == 1
+
+
+async def test_marks_that_could_not_be_recorded_are_recorded_by_the_next_write(
+    bus: backbone.Backbone,
+) -> None:
+    keys = bus.keys("parcels")
+    await bus.redis.set(keys.versions, "garbage")
+    new = bus.producer("parcels", V3.spec)
+    await new.publish(V3.operation("noted"), ("x", False))  # marks refused
+    await bus.redis.delete(keys.versions)  # repaired
+    await new.publish(V3.operation("noted"), ("y", False))
+    assert await bus.redis.hgetall(keys.versions) == {
+        b"Parcels.shipped:1": b"retired",
+        b"Parcels.shipped:2": b"deprecated",
+    }
+    with pytest.raises(RetiredVersionError):
+        await bus.producer("parcels", V1.spec).publish(
+            V1.operation("shipped"), ("ann@example.org", 2)
+        )
+
+
+async def test_a_retired_event_fails_alone_among_events_published_concurrently(
+    bus: backbone.Backbone,
+) -> None:
+    await bus.producer("parcels", V3.spec).publish(V3.operation("noted"), ("x", False))
+    old = bus.producer("parcels", V1.spec)
+    # The first call is sent at once; the next ones wait for it and go together.
+    outcomes = await asyncio.gather(
+        old.publish(V1.operation("noted"), ("first",)),
+        old.publish(V1.operation("shipped"), ("ann@example.org", 2)),
+        old.publish(V1.operation("noted"), ("second",)),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[1], RetiredVersionError)
+    assert isinstance(outcomes[0], backbone.EventId)
+    assert isinstance(outcomes[2], backbone.EventId)  # noted:1 is not retired
+    assert await bus.redis.xlen(bus.keys("parcels").stream) == 3
 
 
 # --- declaring versions ------------------------------------------------------------

@@ -24,13 +24,13 @@ class Delivery:
     From read.lua it comes with its operation, re-drive group, flat fields and
     payload VALUES in parameter order; from a claim or a recovery, with its
     fields already parsed and the same VALUES fetched separately. VERSION is the
-    operation version the entry records (None: not a whole number); for a version
-    older than the consumer's, VALUES is the whole payload hash as a flat
-    field/value list instead, for the upcasters. FAULT is the text of a Redis
-    error about this entry alone (its payload key is not a hash): the entry is
-    dead-lettered with it. Sealed personal values among VALUES are opened
-    (:func:`open_sealed`) before a worker sees them; DAMAGED says why one could
-    not be (the entry is dead-lettered ``undecodable``).
+    operation version the entry records (None: not a whole number); for another
+    version than the consumer's, VALUES is the whole payload hash as a flat
+    field/value list instead (for the upcasters of an older one). FAULT is the
+    text of a Redis error about this entry alone (its payload key is not a
+    hash): the entry is dead-lettered with it. Sealed personal values among
+    VALUES are opened (:func:`open_sealed`) before a worker sees them; DAMAGED
+    says why one could not be (the entry is dead-lettered ``undecodable``).
     """
 
     entry_id: str
@@ -113,7 +113,7 @@ def _name(
     codec = codecs.get(d.op) if d.op is not None else None
     if not isinstance(at, int) or codec is None or d.values is None:
         return "?"
-    if d.version is not None and d.version < codec.version:  # field, value, ...
+    if d.version is not None and d.version != codec.version:  # field, value, ...
         return as_text(d.values[at - 1]) if at % 2 else "?"
     names = codec.parameter_names
     return names[at] if at < len(names) else "?"

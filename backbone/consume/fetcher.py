@@ -98,14 +98,14 @@ class Fetcher:
             return
         # Payloads only for operations this consumer handles (others are skipped
         # or dead-lettered, and the dead-letter script copies the key itself).
-        # None instead of names: an older version, read whole (as read.lua does).
+        # None instead of names: another version, read whole (as read.lua does).
         wanted: list[tuple[Delivery, tuple[bytes, ...] | None]] = []
         for d in deliveries:
             known = self._fields.get(d.op) if d.op is not None else None
             if known is not None and self.mine(d):
                 version, names = known
-                older = d.version is not None and d.version < version
-                wanted.append((d, None if older else names))
+                other = d.version is not None and d.version != version
+                wanted.append((d, None if other else names))
         if wanted and not await self._fetch(wanted):
             return  # stopping: the entries stay pending with this consumer
         # The claimer and a recovery may have fetched the same entry meanwhile.

@@ -22,10 +22,12 @@
 -- values (false for an operation not in the list, false items for missing
 -- fields; a string, the error's text, when the payload key cannot be read as a
 -- hash), MARK its idempotency score or false (also when the marks key cannot be
--- read). An entry of an OLDER version than the consumer's (V a whole number
--- below it; no V counts as 1) gets its whole payload instead, HGETALL's flat
--- field/value list, for the consumer's upcasters: its old fields may have other
--- names. With nothing new it returns {last entry id of the stream}, for XREAD.
+-- read). An entry of ANOTHER version than the consumer's (V a whole number
+-- other than it; no V counts as 1) gets its whole payload instead, HGETALL's
+-- flat field/value list: an older one's fields may have other names (for the
+-- consumer's upcasters), and a newer one's too (so that a hash none of whose
+-- fields the consumer knows is told from a missing one). With nothing new it
+-- returns {last entry id of the stream}, for XREAD.
 local known = {}
 local pos = 7
 local versions = {}
@@ -81,7 +83,7 @@ for _, entry in ipairs(entries) do
       version = string.match(v, '^%d+$') and #v < 10 and tonumber(v)
       if version and version < 1 then version = false end
     end
-    if version and version < versions[op] then
+    if version and version ~= versions[op] then
       values = redis.pcall('HGETALL', prefix .. id)
       if type(values) == 'table' and values.err then values = values.err end
     elseif #names > 0 then

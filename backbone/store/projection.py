@@ -215,11 +215,16 @@ class Projection:
 
     async def reset(self) -> None:
         """Clear the checkpoint and, with the handler's ``reset`` hook, the read
-        model: one transaction (the hook's writes and the checkpoint's DEL)."""
+        model: one transaction (the hook's writes and the checkpoint's DEL).
+
+        The checkpoint stays as a hash without ``id`` (nothing applied yet), so
+        retention still sees the projection and keeps the whole stream for the
+        rebuild until its pages move the checkpoint."""
         async with self.backbone.redis.pipeline(transaction=True) as writes:
             if self._reset is not None:
                 await self._reset(writes)
             writes.delete(self.checkpoint_key)
+            writes.hset(self.checkpoint_key, mapping={"n": 0, "s": 0})
             await writes.execute()
         self._cursor = None
 
