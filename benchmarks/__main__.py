@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.console import Console
 
-from . import consumer, latency, memory, producer, report, store
+from . import archive, consumer, latency, memory, producer, report, store
 from .common import Section, Settings
 from .machine import machine_info
 from .server import BenchServer, ServerUnavailable, open_server
@@ -25,6 +25,7 @@ SECTIONS: dict[str, Callable[[BenchServer, Settings], Awaitable[Section]]] = {
     "latency": latency.run,
     "memory": memory.run,
     "store": store.run,
+    "archive": archive.run,
 }
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results"
 

@@ -161,6 +161,8 @@ class Settings:
     latency_warmup_seconds: float = 1.0
     memory_events: int = 20_000
     store_events: int = 100_000
+    archive_events: int = 50_000
+    archive_row_by_row: int = 5_000
 
     @classmethod
     def make(cls, *, quick: bool, events: int | None) -> Settings:
@@ -174,6 +176,8 @@ class Settings:
                 latency_warmup_seconds=0.25,
                 memory_events=2_000,
                 store_events=2_000,
+                archive_events=2_000,
+                archive_row_by_row=500,
             )
         else:
             base = cls()

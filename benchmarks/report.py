@@ -163,12 +163,33 @@ def _store(section: Section) -> list[Table]:
     return [table, _comparisons(section)]
 
 
+def _archive(section: Section) -> list[Table]:
+    table = Table(
+        section.title,
+        ["variant", "rows", "seconds", "rows/s", "/ row-by-row"],
+        right={1, 2, 3, 4},
+    )
+    for row in section.rows:
+        table.rows.append(
+            [
+                row["name"],
+                _num(row["events"]),
+                _num(row["seconds"], 3),
+                _num(row["events_per_s"]),
+                _x(row.get("vs_row_by_row")),
+            ]
+        )
+    table.notes += section.notes
+    return [table, _comparisons(section)]
+
+
 _RENDERERS: dict[str, Callable[[Section], list[Table]]] = {
     "producer": _producer,
     "consumer": _consumer,
     "latency": _latency,
     "memory": _memory,
     "store": _store,
+    "archive": _archive,
 }
 
 

@@ -29,6 +29,9 @@ from proxy import FlakyProxy
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
+# PostgreSQL for the archive tests (tests/pg.py: postgres_url, pg_schema).
+pytest_plugins = ["pg"]
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import codegen, demo, dlq, docs, erase, inspect, tail, trim
+from . import archive, codegen, demo, dlq, docs, erase, inspect, tail, trim
 from . import replay as replay_cmd
 from . import run as run_cmd
 from .projection import projection_app
@@ -50,6 +50,7 @@ def _options(
     """Typed event contracts on Redis Streams and hashes."""
 
 
+app.registered_commands += archive.app.registered_commands
 app.registered_commands += codegen.app.registered_commands
 app.registered_commands += demo.app.registered_commands
 app.add_typer(dlq.dlq_app, name="dlq")
