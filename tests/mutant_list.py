@@ -34,6 +34,9 @@ ENTRY_FAULTS = "tests/test_entry_faults.py"
 GROUP_LOSS = "tests/test_group_loss.py"
 PRODUCER = "tests/test_producer.py"
 RETENTION = "tests/test_retention.py"
+VERSIONS = "tests/test_versions.py"
+PERSONAL = "tests/test_personal.py"
+ARCHIVE = "tests/test_archive.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     # --- the window -------------------------------------------------------------------
@@ -487,6 +490,69 @@ MUTANTS: tuple[Mutant, ...] = (
         "            except OSError as exc:\n                failures += 1",
         (f"{RETENTION}::test_a_failing_policy_never_stops_the_consumer",),
         "one refused trim ends a subscription's retention for good",
+    ),
+    # --- versions, personal data, the archive -----------------------------------------
+    Mutant(
+        "other-version-read-as-current",
+        "backbone/lua/read.lua",
+        "if version and version ~= versions[op] then",
+        "if false then",
+        (
+            f"{VERSIONS}::test_older_events_reach_a_newer_handler_in_the_current_shape",
+            VERSIONS,
+        ),
+        "an older event is read by the current field names: renamed fields are lost",
+    ),
+    Mutant(
+        "upcasters-skipped",
+        "backbone/codec.py",
+        "upcaster = op.upcasters.get(step)",
+        "upcaster = None",
+        (f"{VERSIONS}::test_replay_passes_old_events_through_the_upcasters", VERSIONS),
+        "older payloads reach handlers in their old shape (or are dead-lettered)",
+    ),
+    Mutant(
+        "retired-version-written",
+        "backbone/lua/publish.lua",
+        "if status == 'retired' then return {RETIRED, mark} end",
+        "if false then return {RETIRED, mark} end",
+        (f"{VERSIONS}::test_a_retired_version_is_refused_and_a_deprecated_one_warns",),
+        "an old producer keeps writing a version a newer contract retired",
+    ),
+    Mutant(
+        "version-marks-go-down",
+        "backbone/lua/versions.lua",
+        "if rank[status] and (rank[now] or 0) < rank[status] then",
+        "if rank[status] then",
+        (f"{VERSIONS}::test_marks_only_go_up_whatever_order_processes_start_in",),
+        "a process with an older contract un-retires a version",
+    ),
+    Mutant(
+        "personal-value-stored-plain",
+        "backbone/keyring.py",
+        "values[index] = seal(values[index], kid, keys[kid])",
+        "values[index] = bytes(values[index])",
+        (f"{PERSONAL}::test_redis_holds_no_plaintext_while_handlers_see_it",),
+        "personal values are written in plaintext: erasure cannot reach them",
+    ),
+    Mutant(
+        "erase-keeps-the-key",
+        "backbone/lua/keyring.lua",
+        "if redis.call('HDEL', KEYS[1], ARGV[2]) == 1 then",
+        "if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then",
+        (f"{PERSONAL}::test_after_erase_handlers_see_erased_and_the_rest_stays",),
+        "erase reports success and the subject's data stays readable",
+    ),
+    Mutant(
+        "archive-drops-a-batch-postgresql-refused",
+        "backbone/archive/writer.py",
+        "                await self.postgres.wait(exc)\n                continue",
+        "                await self.postgres.wait(exc)\n                return",
+        (
+            f"{ARCHIVE}::"
+            "test_a_postgresql_outage_acks_nothing_and_reading_stops_until_it_is_back",
+        ),
+        "a batch PostgreSQL did not take is acknowledged: archived events are lost",
     ),
 )
 
