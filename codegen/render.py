@@ -176,6 +176,10 @@ def _render_contract(
         [c.protocol_local, f'fingerprint="{spec.fingerprint}"'],
     )
     for op, const, _, _ in c.ops:
+        history = _version_history(op)
+        if history:
+            line = f"# {op.name}: {history}"
+            out.append(line if len(line) <= 88 else f"{line}  # noqa: E501")
         out.append(f'{const} = {c.const}.operation("{op.name}")')
 
     # Producer -------------------------------------------------------------------
@@ -378,3 +382,18 @@ def _render_aggregate(c: _Contract) -> list[str]:
         args = f"({', '.join(names)},)" if len(names) == 1 else f"({', '.join(names)})"
         out += _call("        ", "self.record", [const, args])
     return out
+
+
+def _version_history(op: OperationSpec) -> str:
+    """What generated code says of an operation's versions (nothing at version 1)."""
+    if op.version == 1:
+        return ""
+    parts = [f"version {op.version}"]
+    if op.upcasters:
+        steps = ", ".join(f"{k} to {k + 1}" for k in sorted(op.upcasters))
+        parts.append(f"upcast {steps}")
+    if op.deprecated:
+        parts.append(f"deprecated {', '.join(map(str, sorted(op.deprecated)))}")
+    if op.retired:
+        parts.append(f"retired {', '.join(map(str, sorted(op.retired)))}")
+    return "; ".join(parts)

@@ -302,3 +302,22 @@ def test_with_the_streams_at_hand_only_a_removed_operation_still_stored_breaks(
         for key in client.scan_iter(match=f"bb:{{{environment}:*"):
             client.delete(key)
         client.close()
+
+
+def test_generated_code_says_which_version_each_operation_is(package: Path) -> None:
+    evolve(
+        package,
+        "def up(payload: dict[str, Any]) -> dict[str, Any]:\n"
+        "    return payload\n"
+        + V1.replace(
+            "    async def shipped(self, email: str, weight: int)",
+            "    @operation(\n"
+            "        version=3, upcasters={2: up}, deprecated={2}, retired={1}\n"
+            "    )\n"
+            "    async def shipped(self, email: str, weight: int)",
+        ),
+    )
+    generate([package.parent], accept_breaking=True)
+    text = generated(package).read_text()
+    assert "# shipped: version 3; upcast 2 to 3; deprecated 2; retired 1\n" in text
+    assert "# noted:" not in text  # version 1 says nothing

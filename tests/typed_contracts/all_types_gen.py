@@ -38,6 +38,7 @@ _ALL_TYPES_IDENTIFIERS = ALL_TYPES.operation("identifiers")
 _ALL_TYPES_CONTAINERS = ALL_TYPES.operation("containers")
 _ALL_TYPES_OPTIONALS = ALL_TYPES.operation("optionals")
 _ALL_TYPES_MODELS = ALL_TYPES.operation("models")
+# renamed-op: version 2
 _ALL_TYPES_RENAMED = ALL_TYPES.operation("renamed-op")
 _ALL_TYPES_EMPTY = ALL_TYPES.operation("empty")
 
