@@ -154,6 +154,9 @@ def test_wheel_installs_one_name_and_runs_beside_a_users_contracts(
             if file.suffix in SOURCES:
                 path = "/".join([*package.split("."), file.name])
                 assert path in names, f"{file} is not in the wheel as {path}"
+    pages = ("index.html", "app.js", "chart.js", "panel.js", "style.css")
+    for page in pages:  # backbone ui's package data
+        assert f"backbone/ui/static/{page}" in names, f"{page} is not in the wheel"
 
     env_dir = fresh_venv(tmp_path, wheel)
     python = env_dir / "bin" / "python"

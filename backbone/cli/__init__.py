@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import archive, codegen, demo, dlq, docs, erase, inspect, tail, trim
+from . import archive, codegen, demo, dlq, docs, erase, inspect, tail, trim, ui
 from . import replay as replay_cmd
 from . import run as run_cmd
 from .projection import projection_app
@@ -62,6 +62,7 @@ app.registered_commands += run_cmd.app.registered_commands
 app.registered_commands += replay_cmd.app.registered_commands
 app.registered_commands += trim.app.registered_commands
 app.registered_commands += erase.app.registered_commands
+app.registered_commands += ui.app.registered_commands
 
 
 def main() -> None:

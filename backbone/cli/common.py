@@ -72,12 +72,20 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def is_entry_id(text: object) -> bool:
+    """True when TEXT is a stream entry id: ``<ms>-<seq>``, two numbers below
+    2^64 (the check every command and ``backbone ui`` make)."""
+    if not isinstance(text, str):
+        return False
+    match = _ENTRY_ID.fullmatch(text)
+    return match is not None and max(int(match[1]), int(match[2])) <= _MAX_PART
+
+
 def entry_id(text: str, what: str = "entry id") -> str:
     """TEXT when it is a stream entry id (``<ms>-<seq>``, digits); otherwise end
     the command with a line naming WHAT and the bad text (before anything is
     sent to Redis)."""
-    match = _ENTRY_ID.fullmatch(text)
-    if match is None or max(int(match[1]), int(match[2])) > _MAX_PART:
+    if not is_entry_id(text):
         fail(
             f"{what} {text!r} is not an entry id: expected <ms>-<seq>, two numbers "
             "below 2^64, e.g. 1764000000000-0",

@@ -78,7 +78,8 @@ def dlq_list(
     if as_json:
         for letter in found:
             sys.stdout.write(
-                json.dumps(jsonable(_letter_json(letter)), default=json_default) + "\n"
+                json.dumps(jsonable(letter_document(letter)), default=json_default)
+                + "\n"
             )
         return
     console.print(
@@ -90,9 +91,10 @@ def dlq_list(
         print_table(_letters_table(found))
 
 
-def _letter_json(
+def letter_document(
     letter: DeadLetter, payload: dict[str, Any] | None = None
 ) -> dict[str, Any]:
+    """A dead letter as ``--json`` and ``show`` print it (and ``backbone ui``)."""
     data: dict[str, Any] = {
         "id": letter.id,
         "event_id": str(letter.event_id),
@@ -135,7 +137,7 @@ def dlq_show(
         fail(_not_found([dead_letter_id], uri, environment, "nothing to show"))
     letter, payload = found
     console.print_json(
-        json.dumps(jsonable(_letter_json(letter, payload)), default=json_default)
+        json.dumps(jsonable(letter_document(letter, payload)), default=json_default)
     )
 
 

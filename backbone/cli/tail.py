@@ -208,7 +208,7 @@ async def _follow(
             if wakeup is not None:  # embedded Redis: XREAD does not block
                 await wakeup.wait()
             continue
-        payloads = await _payloads(bus, keys, [entry for entry, _ in entries])
+        payloads = await read_payloads(bus, keys, [entry for entry, _ in entries])
         lines = [
             show(keys, entry, payload)
             for entry, payload in zip(entries, payloads, strict=True)
@@ -232,9 +232,11 @@ def _write(lines: Sequence[str]) -> bool:
     return True
 
 
-async def _payloads(
+async def read_payloads(
     bus: Backbone, keys: StreamKeys, entry_ids: Sequence[str]
 ) -> list[Payload]:
+    """The payloads of the events ENTRY_IDS, decoded untyped (personal values
+    sealed), or why each cannot be read; ``backbone ui`` shows them too."""
     async with bus.redis.pipeline(transaction=False) as pipe:
         for entry in entry_ids:
             pipe.hgetall(keys.payload(entry))
@@ -374,6 +376,11 @@ def _cut(text: str) -> str:
 
 
 def _json_line(keys: StreamKeys, entry: Entry, payload: Payload) -> str:
+    return json.dumps(event_document(keys, entry, payload), default=json_default)
+
+
+def event_document(keys: StreamKeys, entry: Entry, payload: Payload) -> dict[str, Any]:
+    """One event as the ``--json`` line shows it (and ``backbone ui``)."""
     ident, fields = entry
 
     def text(field: bytes) -> str | None:
@@ -405,7 +412,7 @@ def _json_line(keys: StreamKeys, entry: Entry, payload: Payload) -> str:
         else jsonable({name: _json_value(value) for name, value in payload.items()}),
         "payload_error": payload if isinstance(payload, str) else None,
     }
-    return json.dumps(document, default=json_default)
+    return document
 
 
 def _json_value(value: Any) -> Any:
