@@ -149,6 +149,18 @@ def test_every_value_round_trips_through_the_archived_json() -> None:
     assert back["erased"] is backbone.ERASED
 
 
+async def test_floats_come_back_exactly_through_jsonb(postgres_url: str) -> None:
+    # jsonb stores numbers as numeric: no negative zero, no exponent.
+    values = [-0.0, 0.0, 0.1, 1.0, -2.5, 1e300, 1e-7, 5e-324, 123456789.125]
+    data = map_payload({str(n).encode(): pack_value(v) for n, v in enumerate(values)})
+    [(stored,)] = await fetch(postgres_url, "SELECT %s::jsonb", archived_json(data))
+    back = decode_archived(stored)
+    for n, value in enumerate(values):
+        assert type(back[str(n)]) is float, (value, back[str(n)])
+        assert math.copysign(1, back[str(n)]) == math.copysign(1, value), value
+        assert back[str(n)] == value
+
+
 def _pack(value: Any) -> bytes:
     if value is backbone.ERASED:
         return b"\xc7\x00\x08"

@@ -372,6 +372,11 @@ async def test_actions_refused_change_nothing(
         (await client.act("purge", None, raw=b"{not json"), 400, "not JSON"),
         (await client.act("purge", None, raw=b"\xff\xfe"), 400, "not JSON"),
         (
+            await client.act("purge", None, raw=b"[" * 30_000 + b"]" * 30_000),
+            400,
+            "not JSON",
+        ),
+        (
             await client.act("purge", None, raw=b'{"ids": ["' + b"1" * 70_000 + b'"]}'),
             413,
             "larger than",

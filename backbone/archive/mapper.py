@@ -14,7 +14,8 @@ value                               archived as
 ``Decimal``                         ``{"$decimal": "12.30"}`` (exact text)
 ``timedelta``                       ``{"$timedelta_us": 90000000}``
 ``bytes``                           ``{"$bytes": "<base64>"}``
-a float JSON cannot hold exactly    ``{"$float": "nan"}``, ``"inf"``, ``"1e+300"``
+a float JSON cannot hold exactly    ``{"$float": "nan"}``, ``"inf"``, ``"1e+300"``,
+                                    ``"-0.0"``
 text holding a NUL character        ``{"$text": "<base64 of UTF-8>"}``
 a map with a key that is not text   ``{"$map": [[key, value], ...]}``
 a sealed personal value (ext 7)     ``{"$sealed": "<base64 of the ext body>"}``
@@ -27,8 +28,8 @@ as ``"$$ref"``), so a key with a single leading ``$`` is always a tag and a
 stored map is never mistaken for one. Sealed values stay sealed: the archive
 never opens them, so erasing a subject's key makes the archived copy unreadable
 too. PostgreSQL's ``jsonb`` holds no NUL character and turns a number written
-with an exponent into plain digits (a float would come back as an int): hence
-``$text`` and ``$float``.
+with an exponent into plain digits (a float would come back as an int) and
+``-0.0`` into ``0.0``: hence ``$text`` and ``$float``.
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ def _json(value: Any) -> Any:
         return value
     if kind is float:
         text = repr(value)
-        if math.isfinite(value) and "e" not in text:
+        # jsonb keeps a number as numeric, which has no negative zero.
+        if math.isfinite(value) and "e" not in text and text != "-0.0":
             return value
         return _Tag({"$float": text})
     if kind is bytes:

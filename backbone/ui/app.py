@@ -238,7 +238,8 @@ class Dashboard:
         except ActionError as exc:
             log.warning("refused %s from %s: %s", action, who, exc.message)
             return _error(exc.status, exc.message)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            # RecursionError: nested deeper than json.loads goes.
             message = "the request body is not JSON"
             log.warning("refused %s from %s: %s", action, who, message)
             return _error(400, message)
