@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import datetime as dt
 import inspect
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis.exceptions as rex
 
+from ..consume.reader import discard_outcome
 from ..dispatch import Dispatcher
 from ..errors import ConfigurationError, DecodeError
 from ..events import (
@@ -46,6 +45,7 @@ from .checkpoint import (
     next_id,
     projection_status,
 )
+from .projection_context import ProjectionContext, ProjectionStats
 
 if TYPE_CHECKING:
     from redis.asyncio.client import Pipeline
@@ -64,38 +64,6 @@ __all__ = [
 log = logging.getLogger("backbone.projection")
 
 Entry = tuple[str, dict[bytes, bytes]]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ProjectionContext:
-    """What a projection's handler method receives as ``context``: the event's
-    id, operation and metadata, and ``writes``, the transaction on which it
-    queues its Redis writes (not awaited: they run with the checkpoint)."""
-
-    id: EventId
-    operation: str
-    metadata: Mapping[str, str]
-    writes: Pipeline
-
-    @property
-    def produced_at(self) -> dt.datetime | None:
-        try:
-            return dt.datetime.fromtimestamp(int(self.metadata["t"]) / 1000, dt.UTC)
-        except (KeyError, ValueError, OverflowError, OSError):
-            return None
-
-
-@dataclasses.dataclass(slots=True)
-class ProjectionStats:
-    """What this instance did since it was made."""
-
-    applied: int = 0
-    """Events whose handler method ran (and whose page was written)."""
-    skipped: int = 0
-    """Bad events skipped: missing or undecodable payload, unknown operation."""
-    unimplemented: int = 0
-    """Events of operations the handler does not implement."""
-    pages: int = 0
 
 
 class Projection:
@@ -411,12 +379,7 @@ class Projection:
             for task in (stopping, waiting):
                 if not task.done():
                     task.cancel()
-                    task.add_done_callback(_discard)
+                    task.add_done_callback(discard_outcome)
                 elif not task.cancelled():
                     with contextlib.suppress(rex.RedisError, OSError):
                         task.result()
-
-
-def _discard(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
