@@ -255,15 +255,33 @@ class OperationCodec:
         """The operation's current version (the one this codec writes)."""
         return self.operation.version
 
-    def decode(self, fields: Mapping[bytes, bytes], version: int | None) -> list[Any]:
+    def decode(
+        self,
+        fields: Mapping[bytes, bytes],
+        version: int | None,
+        *,
+        key: str = "the payload hash",
+    ) -> list[Any]:
         """Decode a whole payload hash (field -> value) written as VERSION of the
-        operation (None: unknown, read as the current one)."""
-        if version is not None and version < self.operation.version:
-            return self.decode_older(fields, version)
-        values = [fields.get(name) for name in self.field_names]
-        if version is not None and version > self.operation.version:
-            return self.decode_newer(values, version)
-        return self.decode_values(values)
+        operation (None: unknown, read as the current one).
+
+        An empty FIELDS that cannot be decoded is a hash that does not exist:
+        ``missing-payload``, naming KEY (an empty one that can, every parameter
+        having a default, is decoded)."""
+        try:
+            if version is not None and version < self.operation.version:
+                return self.decode_older(fields, version)
+            values = [fields.get(name) for name in self.field_names]
+            if version is not None and version > self.operation.version:
+                return self.decode_newer(values, version)
+            return self.decode_values(values)
+        except DecodeError as exc:
+            if fields:
+                raise
+            raise DecodeError(
+                "missing-payload",
+                f"{key} does not exist (deleted, expired or never written)",
+            ) from exc
 
     def decode_newer(self, raws: Sequence[bytes | None], version: int) -> list[Any]:
         """Decode the values (in parameter order) of a payload written by a newer

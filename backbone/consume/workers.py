@@ -210,16 +210,7 @@ class Workers:
         if version is not None and version != codec.version:
             # Another version: VALUES is the whole hash (an older one's goes
             # through the upcasters; a newer one's is read when it fits).
-            try:
-                return codec.decode(pairs(values), version)
-            except DecodeError:
-                if values:
-                    raise
-                raise DecodeError(
-                    DeadLetterReason.MISSING_PAYLOAD,
-                    f"the payload hash {key} does not exist (deleted, expired or "
-                    "never written)",
-                ) from None
+            return codec.decode(pairs(values), version, key=f"the payload hash {key}")
         if values.count(None) == len(values) and codec.parameter_names:
             raise DecodeError(
                 DeadLetterReason.MISSING_PAYLOAD,

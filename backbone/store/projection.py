@@ -318,14 +318,9 @@ class Projection:
                 raise DecodeError(
                     "undecodable", f"a personal value cannot be opened: {payload}"
                 )
-            try:
-                args = codec.decode(payload, entry_version(fields.get(F_VERSION)))
-            except DecodeError as exc:
-                if payload:
-                    raise
-                raise DecodeError(
-                    "missing-payload", "its payload hash is gone"
-                ) from exc
+            args = codec.decode(
+                payload, entry_version(fields.get(F_VERSION)), key="its payload hash"
+            )
         except DecodeError as exc:
             counts.skipped += 1
             log.warning(

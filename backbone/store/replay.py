@@ -326,12 +326,6 @@ def _decode(
     try:
         return codecs[operation].decode(payload, version)
     except DecodeError as exc:
-        if not payload:
-            raise DecodeError(
-                "missing-payload",
-                f"the payload hash of {where} does not exist (deleted, expired or "
-                "never written)",
-            ) from exc
         raise DecodeError(exc.reason, f"{where}: {exc}") from exc
 
 
