@@ -419,7 +419,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # --- the codec --------------------------------------------------------------------
     Mutant(
         "codec-fast-path-takes-subclasses",
-        "backbone/codec.py",
+        "backbone/param_codec.py",
         "                if type(value) is exact:\n"
         "                    return pack(value)",
         "                if isinstance(value, exact):\n"
@@ -433,7 +433,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "codec-models-not-revalidated",
-        "backbone/codec.py",
+        "backbone/param_codec.py",
         "self.encode = self._encoder(packer, _has_model(spec.annotation))",
         "self.encode = self._encoder(packer, False)",
         ("tests/test_validation.py::test_a_model_built_without_validation_is_refused",),
