@@ -35,6 +35,13 @@ class Fault(enum.Enum):
 
 
 _TRANSIENT_TYPES = (
+    # A Redis Cluster failing over or moving slots: the client refreshes its map
+    # of the slots at the next command.
+    rex.ClusterDownError,
+    rex.TryAgainError,
+    rex.MasterDownError,
+    rex.SlotNotCoveredError,
+    rex.ClusterError,
     rex.ConnectionError,
     rex.TimeoutError,
     rex.BusyLoadingError,
@@ -52,6 +59,14 @@ def classify(exc: BaseException) -> Fault:
     """The kind of failure EXC is (see the module documentation)."""
     if isinstance(exc, _TRANSIENT_TYPES):
         return Fault.TRANSIENT
+    if isinstance(exc, rex.RedisClusterException):
+        # The cluster client found no node to ask (all known nodes down during a
+        # failover): transient. Anything else it refuses (keys of several slots
+        # in one command) is a programming error.
+        text = str(exc)
+        if "cannot be connected" in text or "reachable" in text:
+            return Fault.TRANSIENT
+        return Fault.BUG
     if isinstance(exc, rex.ResponseError):
         text = str(exc)
         if text.startswith(_TRANSIENT_PREFIXES):
