@@ -36,6 +36,7 @@ from .options import (
     SubscriptionOptions,
     UnknownOperation,
 )
+from .partitions import PartitionKey
 from .personal import ERASED, Erased, Personal
 from .producer import Batch, Producer, ProducerOptions
 from .retention import (
@@ -84,6 +85,7 @@ __all__ = [
     "EventId",
     "ExpectedVersion",
     "OperationSpec",
+    "PartitionKey",
     "Personal",
     "Producer",
     "ProducerOptions",

@@ -8,11 +8,13 @@ import os
 import types
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self, cast
+from urllib.parse import urlparse
 
 import hiredis
 import redis.asyncio as aioredis
 import redis.exceptions as rex
+from redis.asyncio.cluster import RedisCluster
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -36,6 +38,7 @@ __all__ = ["Backbone", "is_transient", "require_embedded"]
 log = logging.getLogger("backbone")
 
 EMBEDDED_SCHEME: Final = "memory://"
+CLUSTER_SCHEMES: Final = ("redis+cluster://", "rediss+cluster://")
 ENV_URL: Final = "BACKBONE_REDIS_URL"
 EMBEDDED_EXTRA: Final = "pip install 'backbone[embedded]'"
 
@@ -89,11 +92,36 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class _HiredisConnection(_HiredisPacking, aioredis.Connection):
+class _NodeCheck:
+    """Checks, once a connection is made, that the server is not a node of a
+    Redis Cluster: a plain client there answers MOVED for most keys, which
+    would surface much later as confusing errors."""
+
+    async def on_connect_check_health(self, check_health: bool = True) -> None:
+        await super().on_connect_check_health(check_health)  # type: ignore[misc]
+        connection = cast(aioredis.Connection, self)
+        await connection.send_command("INFO", "cluster", check_health=False)
+        reply = await connection.read_response()
+        text = reply.decode() if isinstance(reply, bytes) else str(reply)
+        if "cluster_enabled:1" in text:
+            await connection.disconnect()
+            address = f"{connection.host}:{connection.port}"
+            raise ConfigurationError(
+                f"{address} is a node of a Redis Cluster; connect to it as one with "
+                f"redis+cluster://{address} (a plain redis:// URL names a single "
+                "server)"
+            )
+
+
+class _HiredisConnection(_HiredisPacking, _NodeCheck, aioredis.Connection):
     pass
 
 
-class _HiredisSSLConnection(_HiredisPacking, aioredis.SSLConnection):
+class _HiredisClusterConnection(_HiredisPacking, aioredis.Connection):
+    pass
+
+
+class _HiredisSSLConnection(_HiredisPacking, _NodeCheck, aioredis.SSLConnection):
     pass
 
 
@@ -135,11 +163,14 @@ class _Wakeups:
 class Backbone:
     """A connection to one Redis in one environment; makes producers and consumers.
 
-    ``url`` is a Redis URL (``redis://host:port/db``, ``rediss://``, ``unix://``) or
-    ``memory://`` for an embedded in-process Redis (fakeredis, from the
-    ``backbone[embedded]`` extra): good for tests and demos, private to this
-    process, gone with it. Use it as an async context manager, or call
-    :meth:`close`.
+    ``url`` is a Redis URL (``redis://host:port/db``, ``rediss://``, ``unix://``),
+    ``redis+cluster://host:port`` (or ``rediss+cluster://``) for a Redis Cluster
+    reached through any one of its nodes, or ``memory://`` for an embedded
+    in-process Redis (fakeredis, from the ``backbone[embedded]`` extra): good for
+    tests and demos, private to this process, gone with it. A plain ``redis://``
+    URL that reaches a cluster node is refused at the first command with a
+    :class:`ConfigurationError` naming the cluster URL to use. Use it as an async
+    context manager, or call :meth:`close`.
 
     ``command_timeout`` bounds every command, so a server that stops answering
     (frozen, or a network that drops packets silently) is noticed; a subscription's
@@ -162,6 +193,7 @@ class Backbone:
         self.command_timeout = command_timeout
         self.url = url
         self.embedded = url.startswith(EMBEDDED_SCHEME)
+        self.cluster = url.startswith(CLUSTER_SCHEMES)
         self.scripts = Scripts()
         self._wakeups = _Wakeups() if self.embedded else None
         self.redis: aioredis.Redis = self._client(
@@ -197,10 +229,15 @@ class Backbone:
             server = fakeredis.FakeServer(version=(7, 2))
             client: aioredis.Redis = fakeredis.FakeAsyncRedis(server=server)
             return client
+        if self.cluster:
+            return self._cluster_client(
+                url, client_name, connect_timeout, command_timeout, max_connections
+            )
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigurationError(
-                f"Redis URL {url!r} is not valid; use redis://host:port/db, "
-                "rediss://..., unix:///path or memory:// (embedded)"
+                f"Redis URL {_redact(url)!r} is not valid; use redis://host:port/db, "
+                "rediss://..., unix:///path, redis+cluster://host:port (a Redis "
+                "Cluster) or memory:// (embedded)"
             )
         # backbone retries by itself where it is safe to (publishes carry a batch
         # record), so the client must never resend a command on its own.
@@ -226,20 +263,72 @@ class Backbone:
         )
         return client
 
+    def _cluster_client(
+        self,
+        url: str,
+        client_name: str | None,
+        connect_timeout: float,
+        command_timeout: float,
+        max_connections: int | None,
+    ) -> aioredis.Redis:
+        """A client of a Redis Cluster: it learns the slots from the node URL
+        names and sends each command to the master of its keys' slot. Every key
+        backbone writes together shares one hash tag, so each script, pipeline
+        and transaction stays in one slot."""
+        plain = url.replace("+cluster://", "://", 1)
+        where = urlparse(plain)
+        if where.path not in ("", "/", "/0"):
+            raise ConfigurationError(
+                f"Redis URL {_redact(url)!r} names database {where.path[1:]!r}; a "
+                "Redis Cluster has database 0 only: drop the /db part"
+            )
+        extra: dict[str, Any] = {}
+        if where.scheme == "redis":
+            extra["connection_class"] = _HiredisClusterConnection
+        try:
+            client = RedisCluster.from_url(
+                plain,
+                retry=Retry(NoBackoff(), 0),
+                socket_connect_timeout=connect_timeout,
+                socket_timeout=command_timeout,
+                socket_keepalive=True,
+                client_name=client_name,
+                max_connections=max_connections or 2**31,
+                **extra,
+            )
+        except (ValueError, TypeError, rex.RedisClusterException) as exc:
+            raise ConfigurationError(
+                f"Redis Cluster URL {_redact(url)!r} is not valid ({exc}); use "
+                "redis+cluster://host:port naming any node of the cluster"
+            ) from None
+        # The cluster client has the same commands as a single server's; the few
+        # places that differ (pipelines with scripts, WAIT) ask self.cluster.
+        return cast(aioredis.Redis, client)
+
     def keys(self, uri: str) -> StreamKeys:
-        """The Redis keys of stream URI in this environment."""
-        return StreamKeys(self.environment, uri)
+        """The Redis keys of stream URI in this environment (``orders#3``: of
+        partition 3 of stream ``orders``)."""
+        return StreamKeys.parse(self.environment, uri)
 
     def producer(
         self,
         uri: str,
         contract: ContractSpec | None = None,
         options: ProducerOptions | None = None,
+        *,
+        partitions: int | None = None,
     ) -> Producer:
-        """A producer appending to stream URI."""
+        """A producer appending to stream URI. PARTITIONS (default: the
+        contract's, else 1) splits the stream (see :mod:`backbone.partitions`)."""
         from .producer import Producer
 
-        return Producer(self, self.keys(uri), contract=contract, options=options)
+        return Producer(
+            self,
+            self.keys(uri),
+            contract=contract,
+            options=options,
+            partitions=partitions,
+        )
 
     def aggregates(
         self,
@@ -247,12 +336,14 @@ class Backbone:
         factory: Callable[[], A],
         *,
         options: ProducerOptions | None = None,
+        partitions: int | None = None,
     ) -> Repository[A]:
         """The repository of the aggregates FACTORY makes, their events on stream
-        URI (see :class:`~backbone.Repository`)."""
+        URI (see :class:`~backbone.Repository`); on a partitioned stream each
+        aggregate lives in the partition of its id."""
         from .store import Repository
 
-        return Repository(self, uri, factory, options=options)
+        return Repository(self, uri, factory, options=options, partitions=partitions)
 
     def subscribe(
         self,

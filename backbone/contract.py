@@ -80,6 +80,8 @@ class ParamSpec:
     """Personal data (``Annotated[T, Personal(...)]``): the name of the parameter
     whose value is its subject, or ``"@aggregate"`` (the event's aggregate id);
     None when the parameter is not personal."""
+    partition_key: bool = False
+    """The event's partition key (``Annotated[T, PartitionKey()]``)."""
 
     @property
     def has_default(self) -> bool:
@@ -104,6 +106,14 @@ class OperationSpec:
     keeps the payload as it is)."""
     deprecated: frozenset[int] = frozenset()
     retired: frozenset[int] = frozenset()
+
+    @property
+    def partition_key(self) -> int | None:
+        """The index of the partition key parameter, or None."""
+        for index, param in enumerate(self.params):
+            if param.partition_key:
+                return index
+        return None
 
     @property
     def qualified_name(self) -> str:
@@ -134,6 +144,8 @@ class ContractSpec:
     file: str | None
     line: int | None
     doc: str | None
+    partitions: int = 1
+    """How many partitions the contract's streams are split into."""
 
     def operation(self, name: str) -> OperationSpec:
         """The operation with wire name NAME; KeyError names the known ones."""
@@ -171,6 +183,7 @@ class ContractSpec:
 class _ContractMark:
     name: str | None
     version: int
+    partitions: int = 1
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -188,20 +201,36 @@ def contract(cls: type[_T], /) -> type[_T]: ...
 
 @typing.overload
 def contract(
-    *, name: str | None = None, version: int = 1
+    *, name: str | None = None, version: int = 1, partitions: int = 1
 ) -> Callable[[type[_T]], type[_T]]: ...
 
 
 def contract(
-    cls: type[_T] | None = None, /, *, name: str | None = None, version: int = 1
+    cls: type[_T] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    version: int = 1,
+    partitions: int = 1,
 ) -> type[_T] | Callable[[type[_T]], type[_T]]:
     """Mark a ``typing.Protocol`` class as an event contract.
 
     NAME defaults to the class name; it is what producers write into each event
     and what consumers match on. VERSION is the contract's version (an int >= 1).
+    PARTITIONS splits its streams into that many partitions, each event going to
+    the partition of its key (``Annotated[T, PartitionKey()]``; see
+    :mod:`backbone.partitions`).
     """
     _check_name("contract name", name)
     _check_version("contract version", version)
+    if (
+        not isinstance(partitions, int)
+        or isinstance(partitions, bool)
+        or not 1 <= partitions <= 1024
+    ):
+        raise ContractError(
+            f"partitions must be a whole number from 1 to 1024, not {partitions!r}"
+        )
 
     def mark(target: type[_T]) -> type[_T]:
         if not isinstance(target, type):
@@ -209,7 +238,7 @@ def contract(
                 f"@contract decorates a class, not {type(target).__name__}; "
                 "put it on a typing.Protocol class"
             )
-        setattr(target, _CONTRACT_ATTR, _ContractMark(name, version))
+        setattr(target, _CONTRACT_ATTR, _ContractMark(name, version, partitions))
         return target
 
     return mark(cls) if cls is not None else mark

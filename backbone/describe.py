@@ -26,6 +26,7 @@ from .contract import (
     type_repr,
 )
 from .errors import ContractError
+from .partitions import PartitionKey
 from .personal import AGGREGATE_SUBJECT, personal_marker
 
 __all__ = ["describe"]
@@ -86,6 +87,7 @@ def describe(cls: type) -> ContractSpec:
         file=file,
         line=source_line(cls),
         doc=inspect.cleandoc(cls.__doc__) if cls.__doc__ else None,
+        partitions=mark.partitions,
     )
 
 
@@ -207,10 +209,21 @@ def _describe_operation(
         subject = None
         if marker is not None:
             subject = marker.subject or AGGREGATE_SUBJECT
-        params.append(ParamSpec(pname, annotation, default, subject))
+        keyed = _is_partition_key(annotation)
+        if keyed:
+            problem = _key_problem(pname, annotation, subject)
+            if problem is not None:
+                raise fail(problem)
+        params.append(ParamSpec(pname, annotation, default, subject, keyed))
     problem = _subject_problem(params)
     if problem is not None:
         raise fail(problem)
+    keys = [p.name for p in params if p.partition_key]
+    if len(keys) > 1:
+        raise fail(
+            f"parameters {', '.join(map(repr, keys))} are all marked PartitionKey; "
+            "an event has one partition key: keep one marker"
+        )
     if "return" not in hints:
         raise fail("the return type is missing; declare `-> None`")
     if hints["return"] is not type(None):
@@ -234,6 +247,33 @@ def _describe_operation(
 
 
 _SUBJECT_TYPES = (str, int, uuid.UUID)
+
+
+def _is_partition_key(annotation: Any) -> bool:
+    if typing.get_origin(annotation) is not typing.Annotated:
+        return False
+    return any(
+        m is PartitionKey or isinstance(m, PartitionKey)
+        for m in typing.get_args(annotation)[1:]
+    )
+
+
+def _key_problem(name: str, annotation: Any, subject: str | None) -> str | None:
+    """Why parameter NAME cannot be a partition key."""
+    base = typing.get_args(annotation)[0]
+    if base not in _SUBJECT_TYPES:
+        return (
+            f"parameter {name!r} is the partition key but its type is "
+            f"{type_repr(base)}; a partition key is a str, int or UUID (one value "
+            "has one spelling, so it always lands in the same partition)"
+        )
+    if subject is not None:
+        return (
+            f"parameter {name!r} is both Personal and the partition key; a sealed "
+            "value cannot be hashed to a partition: key by an id that is not "
+            "personal data"
+        )
+    return None
 
 
 def _subject_problem(params: list[ParamSpec]) -> str | None:

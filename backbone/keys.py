@@ -16,6 +16,14 @@ live in one slot and can be written together atomically::
     bb:{dev:hello.event-sourcing}:proj:<name>        a projection's checkpoint
     bb:{dev:hello.event-sourcing}:proj:<name>:<part> a projection's read model
 
+A stream split into partitions (docs/scaling.md) is one such stream per
+partition, ``#<n>`` ending the hash tag so that partitions spread over the
+slots of a Redis Cluster; the partition count is recorded beside them::
+
+    bb:{dev:orders}:partitions                       how many partitions (a string)
+    bb:{dev:orders#0} ... bb:{dev:orders#3}          partition 0..3, each laid out
+                                                     as a stream above
+
 Keys of a whole environment have their own hash tag, ``{<environment>}``::
 
     bb:{dev}:subjects                                the keyring: key id -> key
@@ -74,20 +82,73 @@ def validate_aggregate_id(value: str, what: str = "aggregate id") -> str:
     return value
 
 
+MAX_PARTITIONS: Final = 1024
+
+
+def split_uri(uri: str) -> tuple[str, int | None]:
+    """``orders#3`` -> (``orders``, 3); ``orders`` -> (``orders``, None)."""
+    if isinstance(uri, str) and "#" in uri:
+        name, _, number = uri.rpartition("#")
+        if not number.isdigit() or not 0 <= int(number) < MAX_PARTITIONS:
+            raise ConfigurationError(
+                f"uri {uri!r} names partition {number!r}; a partition is a number "
+                f"from 0 to {MAX_PARTITIONS - 1} after '#' (orders#0, say)"
+            )
+        return name, int(number)
+    return uri, None
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class StreamKeys:
-    """The Redis keys of one event stream (an environment and a URI)."""
+    """The Redis keys of one event stream (an environment and a URI), or of one
+    PARTITION of a partitioned stream."""
 
     environment: str
     uri: str
+    partition: int | None = None
 
     def __post_init__(self) -> None:
         validate_part("environment", self.environment)
         validate_part("uri", self.uri)
+        if self.partition is not None and not (
+            isinstance(self.partition, int) and 0 <= self.partition < MAX_PARTITIONS
+        ):
+            raise ConfigurationError(
+                f"partition {self.partition!r} is not valid; use 0 to "
+                f"{MAX_PARTITIONS - 1}"
+            )
+
+    @classmethod
+    def parse(cls, environment: str, uri: str) -> StreamKeys:
+        """The keys of URI, which may name a partition (``orders#3``)."""
+        name, partition = split_uri(uri)
+        return cls(environment, name, partition)
+
+    @property
+    def name(self) -> str:
+        """The URI, with ``#<partition>`` for a partition."""
+        return self.uri if self.partition is None else f"{self.uri}#{self.partition}"
+
+    @property
+    def base(self) -> StreamKeys:
+        """The keys of the whole stream (self when not a partition)."""
+        if self.partition is None:
+            return self
+        return StreamKeys(self.environment, self.uri)
+
+    def of_partition(self, partition: int) -> StreamKeys:
+        """The keys of PARTITION of this stream."""
+        return StreamKeys(self.environment, self.uri, partition)
+
+    @property
+    def partitions(self) -> str:
+        """How many partitions the stream has (a string), in the whole stream's
+        hash tag."""
+        return f"{self.base.stream}:partitions"
 
     @property
     def tag(self) -> str:
-        return f"{{{self.environment}:{self.uri}}}"
+        return f"{{{self.environment}:{self.name}}}"
 
     @property
     def stream(self) -> str:
@@ -140,13 +201,13 @@ class StreamKeys:
 
     @classmethod
     def from_stream_key(cls, key: str) -> StreamKeys:
-        """Parse ``bb:{env:uri}`` back into its parts."""
+        """Parse ``bb:{env:uri}`` (or ``bb:{env:uri#n}``) back into its parts."""
         match = re.fullmatch(rf"{PREFIX}:\{{([^:{{}}]+):([^{{}}]+)\}}", key)
         if match is None:
             raise ConfigurationError(
                 f"{key!r} is not a backbone stream key (expected {PREFIX}:{{env:uri}})"
             )
-        return cls(match.group(1), match.group(2))
+        return cls.parse(match.group(1), match.group(2))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -9,12 +9,21 @@ A lost connection is retried until ``publish_timeout``; a retried batch carries
 the same batch number, and the script returns the entries the first attempt
 wrote instead of writing them twice. Batch numbers only grow, so an attempt that
 reaches Redis after a later batch was recorded writes nothing at all.
+
+A producer of a partitioned stream (:mod:`backbone.partitions`) is a front for
+one such producer per partition (a *lane*): each event goes to the lane of its
+key's partition, so the events of one key are written in the order they were
+published, and lanes write in parallel. An atomic batch is one script call, so
+one partition: its events must share a partition (events without a key join
+it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import copy
+import itertools
 import logging
 import time
 from collections.abc import Sequence
@@ -36,7 +45,9 @@ from .events import (
     current_event,
 )
 from .keyring import Keyring, aggregate_only, seal_items
+from .partitions import agree, check_count, key_text, partition_for
 from .producer_options import ProducerOptions, default_identity
+from .retrying import until_answered
 from .telemetry import hooks
 from .writer import BatchRefused, Item, Writer
 
@@ -61,12 +72,18 @@ class Producer:
         *,
         contract: ContractSpec | None = None,
         options: ProducerOptions | None = None,
+        partitions: int | None = None,
     ) -> None:
         self.backbone = backbone
         self.keys = keys
         self.contract = contract
         self.options = options or ProducerOptions()
         self.identity = self.options.identity or default_identity()
+        declared = partitions if partitions is not None else None
+        if declared is None:
+            declared = contract.partitions if contract is not None else 1
+        self.partitions = check_count(declared)
+        """How many partitions the stream has (1: not partitioned)."""
         self._stream = keys.stream
         self._writer = Writer(backbone, keys, self.identity, self.options, contract)
         self._keyring = Keyring.of(backbone)
@@ -74,6 +91,32 @@ class Producer:
         self._send_lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
+        # A producer of one named partition (``orders#3``) writes there only.
+        self._agreed = keys.partition is not None
+        self._key: Any = None
+        self._lanes: list[Producer] | None = None
+        self._turn = itertools.count()
+        if self.partitions > 1 and keys.partition is None:
+            self._lanes = [
+                Producer(
+                    backbone,
+                    keys.of_partition(p),
+                    contract=contract,
+                    options=self.options,
+                )
+                for p in range(self.partitions)
+            ]
+
+    def keyed(self, key: Any) -> Producer:
+        """This producer, putting events without a key parameter in the partition
+        of KEY (a str, int or UUID): ``producer.keyed(order_id).publish(...)``.
+        The explicit key wins over a key parameter."""
+        key_text(key)  # a clear error now for a key that cannot be hashed
+        if self._lanes is None:
+            return self  # one stream: every key lands in it
+        view = copy.copy(self)
+        view._key = key
+        return view
 
     # --- public -------------------------------------------------------------------
 
@@ -87,6 +130,15 @@ class Producer:
         if self._closed:
             raise PublishError(f"producer for {self._stream} is closed")
         item = self._prepare(operation, args)
+        if self._lanes is not None:
+            await self._agree()
+            lane = self._lanes[self._partition_of([item])]
+            return await lane._publish_item(item)
+        return await self._publish_item(item)
+
+    async def _publish_item(self, item: Item) -> EventId:
+        if self._closed:
+            raise PublishError(f"producer for {self._stream} is closed")
         if not self._send_lock.locked() and not self._pending:
             # Nobody is writing: send this event now, from the caller's task.
             async with self._send_lock:
@@ -122,6 +174,13 @@ class Producer:
         item = Item(
             operation, time.time_ns() // 1_000_000, self._extra_meta(), values, None
         )
+        if self._lanes is not None:
+            key = self._key
+            if key is None:
+                index = operation.operation.partition_key
+                key = None if index is None else args[index]
+            if key is not None:
+                item.partition = partition_for(key, self.partitions)
         observer = hooks.active
         if observer is not None:
             # The span starts in the caller's context (a handler's span, say).
@@ -132,11 +191,45 @@ class Producer:
                 item.extra = (*item.extra, F_TRACE, carried)
         return item
 
+    def _partition_of(self, items: list[Item]) -> int:
+        """The one partition of ITEMS: their keys' (a ConfigurationError when
+        they differ), or, when none has a key, the next one round-robin."""
+        found = {item.partition for item in items if item.partition is not None}
+        if len(found) > 1:
+            raise ConfigurationError(
+                f"an atomic batch is written to one partition, but its events' keys "
+                f"fall into partitions {sorted(found)} of {self.keys.uri!r}; write "
+                "events of different keys in separate batches (or publish them one "
+                "by one)"
+            )
+        if found:
+            return found.pop()
+        return next(self._turn) % self.partitions
+
+    async def _agree(self, count: int = 1) -> None:
+        """Check (once) that Redis records the partition count this producer
+        declares; lost connections are retried until ``publish_timeout``."""
+        if self._agreed:
+            return
+        await until_answered(
+            lambda _remaining: agree(self.backbone, self.keys, self.partitions),
+            timeout=self.options.publish_timeout,
+            what=f"publish {count} event(s) to {self._stream}",
+            where=repr(self.backbone),
+            refused=None,
+            log_extra={"stream": self._stream},
+        )
+        self._agreed = True
+
     async def _write_atomic(self, items: list[Item]) -> list[EventId]:
         if not items:
             return []
         if self._closed:
             raise PublishError(f"producer for {self._stream} is closed")
+        if self._lanes is not None:
+            lane = self._lanes[self._partition_of(items)]
+            await self._agree(len(items))
+            return await lane._write_atomic(items)
         async with self._send_lock:
             ids = await self._send(items, atomic=True)
         self._kick()
@@ -145,6 +238,8 @@ class Producer:
     async def close(self) -> None:
         """Wait for queued events to be written, then refuse new ones."""
         self._closed = True
+        for lane in self._lanes or ():
+            await lane.close()
         while self._flusher is not None and not self._flusher.done():
             await asyncio.shield(self._flusher)
 
@@ -249,6 +344,7 @@ class Producer:
         among its events refuses it, its events are sent one by one so that only
         the refused ones fail. Personal values are sealed first (one round trip
         to the keyring for the batch)."""
+        await self._agree(len(items))
         await seal_items(
             self._keyring,
             items,

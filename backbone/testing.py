@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from .contract import ContractSpec
     from .dispatch import Dispatcher
     from .events import EventId as _EventId
+    from .keys import StreamKeys
     from .options import StartFrom, SubscriptionOptions
     from .producer import Producer, ProducerOptions
 
@@ -82,10 +83,12 @@ class TestBus(Backbone):
         uri: str,
         contract: ContractSpec | None = None,
         options: ProducerOptions | None = None,
+        *,
+        partitions: int | None = None,
     ) -> Producer:
         if contract is not None or uri not in self._uris:
             self._uris[uri] = contract or self._uris.get(uri)
-        return super().producer(uri, contract, options)
+        return super().producer(uri, contract, options, partitions=partitions)
 
     def subscribe(
         self,
@@ -120,8 +123,20 @@ class TestBus(Backbone):
     ) -> list[Published]:
         """The events of stream URI (of OPERATION only), oldest first. Personal
         values read as they would in a handler: their plaintext, or
-        ``backbone.ERASED`` once their subject was erased."""
-        keys = self.keys(uri)
+        ``backbone.ERASED`` once their subject was erased. A partitioned
+        stream's events come partition by partition."""
+        found: list[Published] = []
+        whole = self.keys(uri)
+        recorded = await self.redis.get(whole.partitions)
+        count = int(recorded) if recorded and whole.partition is None else 1
+        for partition in range(count):
+            keys = whole if count == 1 else whole.of_partition(partition)
+            found += await self._published(keys, uri, operation)
+        return found
+
+    async def _published(
+        self, keys: StreamKeys, uri: str, operation: str | None
+    ) -> list[Published]:
         codecs = self._codecs(uri)
         found: list[Published] = []
         entries: list[Any] = list(await self.redis.xrange(keys.stream) or [])

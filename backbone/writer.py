@@ -49,6 +49,8 @@ class Item:
     values: list[bytes]
     future: asyncio.Future[EventId] | None
     telemetry: Publishing | None = None
+    partition: int | None = None
+    """The partition of the event's key (None: no key, any partition)."""
 
 
 class BatchRefused(PublishError):

@@ -100,6 +100,7 @@ class _Contract:
         self.snake = snake_case(self.cls)
         self.const = self.snake.upper()
         self.protocol_local = imports.name(spec.module, self.cls)
+        self.uuid = imports.name("uuid", "UUID") if spec.partitions > 1 else "UUID"
         self.ops: list[tuple[OperationSpec, str, list[str], list[str]]] = []
         self.read: dict[str, list[str]] = {}
         """Per operation, its parameters as handlers and ``apply_`` methods get
@@ -209,6 +210,16 @@ def _render_contract(
         '        """',
         f"        return {c.cls}Batch(self.producer)",
     ]
+    if c.spec.partitions > 1:
+        out += [
+            "",
+            f"    def keyed(self, key: str | int | {c.uuid}) -> {c.cls}Producer:",
+            '        """This producer, putting every event in the partition of KEY',
+            "        (it wins over a key parameter; the stream has "
+            f"{c.spec.partitions} partitions).",
+            '        """',
+            f"        return {c.cls}Producer(self.producer.keyed(key))",
+        ]
 
     # Batch ------------------------------------------------------------------------
     out += ["", "", f"class {c.cls}Batch(backbone.Batch):"]

@@ -56,7 +56,7 @@ class Shipping(Protocol):
 def test_committed_modules_are_current() -> None:
     result = run_cli("codegen", "--check", "contracts", "tests/typed_contracts")
     assert result.returncode == 0, result.stderr
-    assert "up to date: 3" in result.stdout
+    assert "up to date: 4" in result.stdout
 
 
 def test_output_is_deterministic(tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ import pydantic
 
 from ..errors import ConcurrencyError, ConfigurationError
 from ..keyring import Keyring, seal_items
-from ..keys import validate_aggregate_id
+from ..keys import StreamKeys, validate_aggregate_id
+from ..partitions import agree, check_count, partition_for
 from ..producer import Producer
 from ..producer_options import ProducerOptions, default_identity
 from ..retrying import until_answered
@@ -63,6 +64,10 @@ class Repository(Generic[A]):
     ``options`` are a producer's: ``identity``, ``publish_timeout`` (retries of
     an append whose answer was lost), ``batch_record_ttl`` and
     ``max_atomic_batch`` (the most events one save writes) apply.
+
+    On a partitioned stream (the contract's ``partitions``, or PARTITIONS) each
+    aggregate lives in the partition of its id, with its index and snapshot:
+    its append, version check and index stay one atomic step in one slot.
     """
 
     def __init__(
@@ -72,9 +77,11 @@ class Repository(Generic[A]):
         factory: Callable[[], A],
         *,
         options: ProducerOptions | None = None,
+        partitions: int | None = None,
     ) -> None:
         self.backbone = backbone
         self.keys = backbone.keys(uri)
+        """The keys of the whole stream (see :meth:`keys_of` for an aggregate's)."""
         self.factory = factory
         probe = factory()
         if not isinstance(probe, Aggregate) or getattr(probe, "contract", None) is None:
@@ -89,10 +96,43 @@ class Repository(Generic[A]):
             self._snapshots = _state_adapter(probe)
         self.options = options or ProducerOptions()
         identity = self.options.identity or default_identity()
-        self._appender = Appender(
-            backbone, self.keys, identity, self.options, self.contract.spec
+        declared = partitions if partitions is not None else None
+        self.partitions = check_count(
+            self.contract.spec.partitions if declared is None else declared
         )
+        if self.keys.partition is not None and self.partitions > 1:
+            raise ConfigurationError(
+                f"{uri!r} names one partition; give the repository the whole "
+                f"stream ({self.keys.uri!r}): each aggregate's partition follows "
+                "from its id"
+            )
+        self._appenders = [
+            Appender(backbone, keys, identity, self.options, self.contract.spec)
+            for keys in self._all_keys()
+        ]
+        self._agreed = self.keys.partition is not None
         self._keyring = Keyring.of(backbone)
+
+    def _all_keys(self) -> list[StreamKeys]:
+        if self.partitions == 1:
+            return [self.keys]
+        return [self.keys.of_partition(p) for p in range(self.partitions)]
+
+    def _partition(self, aggregate_id: str) -> int:
+        if self.partitions == 1:
+            return 0
+        return partition_for(aggregate_id, self.partitions)
+
+    def keys_of(self, aggregate_id: str) -> StreamKeys:
+        """The keys of the stream (partition) AGGREGATE_ID's events live in."""
+        if self.partitions == 1:
+            return self.keys
+        return self.keys.of_partition(self._partition(aggregate_id))
+
+    async def _agree(self) -> None:
+        if not self._agreed:
+            await agree(self.backbone, self.keys, self.partitions)
+            self._agreed = True
 
     @property
     def stream(self) -> str:
@@ -117,12 +157,14 @@ class Repository(Generic[A]):
         )
 
     async def _load(self, aggregate_id: str) -> A:
+        await self._agree()
+        keys = self.keys_of(aggregate_id)
         aggregate = self.factory()
         aggregate.id = aggregate_id
         if self._snapshots is not None:
             found = await load_snapshot(
                 self.backbone,
-                self.keys.snapshot(aggregate_id),
+                keys.snapshot(aggregate_id),
                 self._snapshots,
                 type(aggregate).snapshot_schema,
             )
@@ -139,7 +181,7 @@ class Repository(Generic[A]):
                         "aggregate %s of %s: its snapshot is at version %d but it "
                         "has %d event(s); ignoring the snapshot",
                         aggregate_id,
-                        self.keys.stream,
+                        keys.stream,
                         version,
                         length,
                     )
@@ -147,7 +189,7 @@ class Repository(Generic[A]):
             first = aggregate.version + 1
             events = await read_range(
                 self.backbone.redis,
-                self.keys,
+                keys,
                 self.contract,
                 aggregate_id,
                 first,
@@ -164,7 +206,9 @@ class Repository(Generic[A]):
 
     async def version(self, aggregate_id: str) -> int:
         """AGGREGATE_ID's version: the number of its events (0: none)."""
-        length: int = await self.backbone.redis.llen(self.keys.aggregate(aggregate_id))
+        length: int = await self.backbone.redis.llen(
+            self.keys_of(aggregate_id).aggregate(aggregate_id)
+        )
         return length
 
     # --- saving -----------------------------------------------------------------
@@ -200,7 +244,9 @@ class Repository(Generic[A]):
         )
         for item in items:
             collect_key_ids(item.values, aggregate._key_ids)
-        appended = await self._appender.append(aggregate.id, items, rule)
+        await self._agree()
+        appender = self._appenders[self._partition(aggregate.id)]
+        appended = await appender.append(aggregate.id, items, rule)
         aggregate.mark_saved(len(pending), appended.version)
         every = type(aggregate).snapshot_every
         # Only a state known to be that of the new version is stored: after an
@@ -211,7 +257,7 @@ class Repository(Generic[A]):
         if self._snapshots is not None and consistent and due:
             await store_snapshot(
                 self.backbone,
-                self.keys.snapshot(aggregate.id),
+                self.keys_of(aggregate.id).snapshot(aggregate.id),
                 self._snapshots,
                 aggregate.state,
                 appended.version,
@@ -284,7 +330,12 @@ class Repository(Generic[A]):
             last = start if start is not None else await self.version(aggregate_id)
             first = 1 if limit is None else max(1, last - limit + 1)
             found = await read_range(
-                redis, self.keys, self.contract, aggregate_id, first, last
+                redis,
+                self.keys_of(aggregate_id),
+                self.contract,
+                aggregate_id,
+                first,
+                last,
             )
             return found[::-1]
         first = start or 1
@@ -293,5 +344,5 @@ class Repository(Generic[A]):
         else:
             last = first + limit - 1
         return await read_range(
-            redis, self.keys, self.contract, aggregate_id, first, last
+            redis, self.keys_of(aggregate_id), self.contract, aggregate_id, first, last
         )
