@@ -5,6 +5,9 @@
     python3 dev.py test [ARGS...]    run the test suite (pytest ARGS)
     python3 dev.py check             ruff, mypy --strict and the codegen --check
     python3 dev.py bench [ARGS...]   run the benchmarks
+    python3 dev.py cluster [--masters 3 --replicas 1]
+                                     start a local Redis Cluster (redis-server
+                                     processes on loopback ports) until Ctrl-C
     python3 dev.py mutants [ARGS...] seed faults one at a time in copies of the
                                      project and check that the tests catch each
                                      (tests/mutants.py: --list, --only NAME...,
@@ -20,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +70,28 @@ def ensure_env(extras: str = "dev") -> Path:
     return python
 
 
+def run_until_signalled(command: list[str]) -> int:
+    """Run COMMAND in a process group of its own and pass Ctrl-C or SIGTERM on
+    to it as one SIGTERM, then wait for it to clean up (the cluster stops its
+    servers): a terminal's Ctrl-C would otherwise hit every server of the group
+    at once, and this process would leave before its child was done."""
+    child = subprocess.Popen(command, process_group=0)
+
+    def forward(signum: int, frame: object) -> None:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+
+    previous = {
+        signum: signal.signal(signum, forward)
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        return child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(__doc__)
@@ -105,6 +131,10 @@ def main(argv: list[str]) -> int:
     if command == "bench":
         python = ensure_env("dev")
         return subprocess.call([str(python), "-m", "benchmarks", *rest])
+    if command == "cluster":
+        python = ensure_env("dev")
+        script = ROOT / "tests" / "cluster.py"
+        return run_until_signalled([str(python), str(script), *rest])
     if command == "mutants":
         python = ensure_env("dev")
         return subprocess.call([str(python), str(ROOT / "tests" / "mutants.py"), *rest])

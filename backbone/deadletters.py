@@ -25,6 +25,7 @@ import redis.exceptions as rex
 from .codec import unpack_value
 from .events import EventId, as_text
 from .keyring import Keyring, open_for_display
+from .slot_node import transaction
 
 if TYPE_CHECKING:
     from .connection import Backbone
@@ -296,7 +297,7 @@ class DeadLetters:
             letter = await self.get(dlq_id)
             if letter is None:
                 continue
-            async with self.backbone.redis.pipeline(transaction=True) as pipe:
+            async with transaction(self.backbone.redis, self.keys.dead_letters) as pipe:
                 pipe.xdel(self.keys.dead_letters, dlq_id)
                 pipe.delete(
                     self.keys.dead_letter_payload(letter.group, letter.event_id.id)

@@ -90,6 +90,9 @@ class ClusterNode:
                 str(self.directory / "nodes.conf"),
                 "--cluster-node-timeout",
                 "1500",
+                # a lone node never learns its address from a peer (1 master)
+                "--cluster-announce-ip",
+                "127.0.0.1",
                 "--save",
                 "",
                 "--appendonly",

@@ -8,6 +8,8 @@ import decimal
 from collections import Counter
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
+
 import backbone
 from contracts.shipment_tracking import Product, User
 
@@ -167,3 +169,39 @@ async def write_bad_inputs(bus: backbone.Backbone, uri: str) -> dict[str, str]:
         "unknown-operation": await entry({**meta, "o": "returned"}, good),
         "malformed-entry": await entry({"x": "y"}, None),
     }
+
+
+# --- Redis Cluster -------------------------------------------------------------------
+
+
+def cluster_client(bus: backbone.Backbone) -> RedisCluster:
+    """BUS's client, which must be a Redis Cluster's."""
+    assert isinstance(bus.redis, RedisCluster), f"{bus!r} is not on a Redis Cluster"
+    return bus.redis
+
+
+async def node_of(bus: backbone.Backbone, key: str) -> str:
+    """``host:port`` of the master that holds KEY on BUS's cluster."""
+    client = cluster_client(bus)
+    await client.initialize()
+    return str(client.get_node_from_key(key).name)
+
+
+async def masters(bus: backbone.Backbone) -> set[str]:
+    """``host:port`` of every master of BUS's cluster."""
+    client = cluster_client(bus)
+    await client.initialize()
+    return {str(node.name) for node in client.get_primaries()}
+
+
+async def spread_uris(bus: backbone.Backbone, prefix: str) -> list[str]:
+    """One stream URI per master of BUS's cluster (``PREFIX.<n>``), each stream
+    held by another master: streams whose keys land on every node."""
+    wanted = await masters(bus)
+    found: dict[str, str] = {}
+    for n in range(10_000):
+        uri = f"{prefix}.{n}"
+        found.setdefault(await node_of(bus, bus.keys(uri).stream), uri)
+        if set(found) == wanted:
+            return [found[node] for node in sorted(found)]
+    raise AssertionError(f"no URIs {prefix}.<n> on every master of {wanted}")

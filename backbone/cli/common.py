@@ -47,7 +47,8 @@ RedisUrl = Annotated[
     typer.Option(
         "--redis-url",
         envvar=ENV_URL,
-        help="Redis URL (redis://host:port/db).",
+        help="Redis URL (redis://host:port/db, or redis+cluster://host:port for a "
+        "Redis Cluster).",
         show_default=True,
     ),
 ]
@@ -185,10 +186,46 @@ def run(factory: Callable[[], Awaitable[T]]) -> T:
             f"the Redis user may not run this command ({exc}); grant it to the user "
             "in the server's ACL, or connect as another user"
         )
+    except rex.ClusterDownError as exc:
+        kind = "MASTERDOWN" if isinstance(exc, rex.MasterDownError) else "CLUSTERDOWN"
+        fail(
+            f"the Redis Cluster cannot serve the command now ({kind}: {exc}); a "
+            "failover may be under way: try again, and check that every slot has a "
+            "running master (redis-cli --cluster check host:port)"
+        )
+    except rex.RedisClusterException as exc:
+        fail(cluster_failure(exc))
     except rex.ResponseError as exc:
         fail(f"Redis refused the command: {exc}")
     except rex.RedisError as exc:
         fail(f"Redis failed ({type(exc).__name__}: {exc}); try again")
+
+
+def cluster_failure(exc: rex.RedisClusterException) -> str:
+    """One line for what the Redis Cluster client raises of its own (it is not
+    a RedisError): no node reachable, a slot no master serves, or a refusal."""
+    text = " ".join(str(exc).split())
+    if any(word in text for word in ("WRONGPASS", "NOAUTH", "username-password")):
+        return (
+            f"the Redis Cluster refused the credentials ({text}); check the user "
+            "and password in --redis-url or BACKBONE_REDIS_URL "
+            "(redis+cluster://user:password@host:port)"
+        )
+    if "cannot be connected" in text or "reachable" in text:
+        return (
+            f"cannot reach any node of the Redis Cluster ({text}); check "
+            "--redis-url or BACKBONE_REDIS_URL (redis+cluster://host:port naming "
+            "one of its nodes) and that the nodes are up"
+        )
+    if isinstance(exc, rex.SlotNotCoveredError):
+        return (
+            f"the Redis Cluster serves no node for a slot ({text}); a master is "
+            "down with no replica to take over: check the nodes (redis-cli "
+            "--cluster check host:port)"
+        )
+    return (
+        f"the Redis Cluster client refused the command ({type(exc).__name__}: {text})"
+    )
 
 
 LEVELS: Final = ("debug", "info", "warning", "error")

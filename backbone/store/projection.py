@@ -37,6 +37,7 @@ from ..events import (
 )
 from ..keyring import Keyring, open_payloads
 from ..sealing import SealError
+from ..slot_node import transaction
 from .checkpoint import (
     BROKEN,
     LAG_CAP,
@@ -188,7 +189,7 @@ class Projection:
         The checkpoint stays as a hash without ``id`` (nothing applied yet), so
         retention still sees the projection and keeps the whole stream for the
         rebuild until its pages move the checkpoint."""
-        async with self.backbone.redis.pipeline(transaction=True) as writes:
+        async with transaction(self.backbone.redis, self.checkpoint_key) as writes:
             if self._reset is not None:
                 await self._reset(writes)
             writes.delete(self.checkpoint_key)
@@ -205,8 +206,9 @@ class Projection:
 
     async def _step(self) -> bool:
         """Apply the next page; False when there was nothing after the cursor."""
-        redis = self.backbone.redis
-        async with redis.pipeline(transaction=True) as writes:
+        # The checkpoint and the read model share the stream's hash tag: one
+        # slot, so one master of a Redis Cluster.
+        async with transaction(self.backbone.redis, self.checkpoint_key) as writes:
             while True:
                 try:
                     return await self._page(writes)
@@ -240,7 +242,7 @@ class Projection:
         queued_by: list[str] = []  # the event each queued command is for
         for (entry_id, fields), payload in zip(entries, payloads, strict=True):
             await self._apply(writes, entry_id, fields, payload, counts)
-            queued_by += [entry_id] * (len(writes.command_stack) - len(queued_by))
+            queued_by += [entry_id] * (len(writes) - len(queued_by))
         last = entries[-1][0]
         writes.hset(self.checkpoint_key, "id", last)
         writes.hincrby(self.checkpoint_key, "n", counts.applied)
