@@ -15,6 +15,10 @@
 --          batch record time to live (ms), number of events N, number of
 --          templates T and the templates, then the N events
 --
+-- Rings a partition's doorbell after writing, as publish.lua does: SPUBLISH on
+-- "<stream>:bell" with the last entry id when the stream key names a partition
+-- (has '#'); through pcall; not on a retry.
+--
 -- Returns {status, detail, version}:
 --   {0, {entry id, ...}, version, {deprecated "op:version", ...}}
 --                                  written now; VERSION is the aggregate's new
@@ -183,4 +187,7 @@ for first = 1, n, 4000 do
 end
 local version = current + n
 redis.call('SET', record_key, batch_arg .. ' ' .. ids[1] .. ' ' .. ids[n] .. ' ' .. version, 'PX', ttl)
+if string.find(stream, '#', 1, true) then
+  redis.pcall('SPUBLISH', stream .. ':bell', ids[n])
+end
 return {0, ids, version, deprecated}

@@ -18,6 +18,15 @@
 -- Templates keep the per-event arguments to what differs between events, which
 -- is what the client has to pack and Redis has to parse.
 --
+-- After a batch is written to a PARTITION of a stream (a stream key with '#',
+-- which no other key has), rings the partition's doorbell: SPUBLISH on the
+-- sharded channel "<stream>:bell" (in the stream's hash tag, so in this
+-- script's slot on a Redis Cluster) with the batch's last entry id;
+-- backbone/doorbell.py wakes the readers that listen there. Only partitions:
+-- on a cluster every SPUBLISH is sent to the shard's replicas over the cluster
+-- bus, listener or not, and only partitions have listeners. Through pcall, so a
+-- server without sharded Pub/Sub still writes; a retried batch does not ring.
+--
 -- Returns {status, detail}:
 --   {0, {entry id, ...}, {deprecated "op:version", ...}}  written now
 --   {1, {entry id, ...}}  an earlier attempt of this batch wrote these entries
@@ -143,5 +152,8 @@ end
 
 if n > 0 then
   redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. ids[1] .. ' ' .. ids[n], 'PX', ARGV[3])
+  if string.find(stream, '#', 1, true) then
+    redis.pcall('SPUBLISH', stream .. ':bell', ids[n])
+  end
 end
 return {0, ids, deprecated}

@@ -7,6 +7,9 @@
 -- ARGV[1]  dead letter id
 -- ARGV[2]  payload key prefix ("<stream>:p:")
 --
+-- A re-drive into a partition (a stream key with '#') rings its doorbell, as
+-- publish.lua does, so that the partition's readers take it at once.
+--
 -- Returns the new entry id, or false when the dead letter does not exist.
 local found = redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1])
 if #found == 0 then
@@ -41,4 +44,7 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
   redis.call('DEL', KEYS[3])
 end
 redis.call('XDEL', KEYS[2], ARGV[1])
+if string.find(KEYS[1], '#', 1, true) then
+  redis.pcall('SPUBLISH', KEYS[1] .. ':bell', id)
+end
 return id
