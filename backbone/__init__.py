@@ -8,7 +8,7 @@ subscribe through a :class:`Backbone` connection.
 from __future__ import annotations
 
 from .connection import Backbone
-from .consume import Subscription, SubscriptionStats
+from .consume import Lease, PartitionedSubscription, Subscription, SubscriptionStats
 from .contract import ContractSpec, OperationSpec, contract, operation
 from .deadletters import DeadLetter, DeadLetterReason, DeadLetters
 from .describe import describe
@@ -84,8 +84,10 @@ __all__ = [
     "EventContext",
     "EventId",
     "ExpectedVersion",
+    "Lease",
     "OperationSpec",
     "PartitionKey",
+    "PartitionedSubscription",
     "Personal",
     "Producer",
     "ProducerOptions",

@@ -28,7 +28,10 @@ import contextvars
 import dataclasses
 import datetime as dt
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from .consume.leases import Lease
 
 __all__ = [
     "NO_CONTEXT",
@@ -114,6 +117,14 @@ class EventContext:
     """What of the entry's metadata could not be read (a producer time out of
     range, a version that is not a number): one line each, naming the field. The
     event itself is still handled; the unreadable values read as None or 1."""
+    lease: Lease | None = None
+    """In an ordered subscription, the holding of the event's partition:
+    ``lease.partition``, ``lease.token`` (the fencing token, which grows with
+    every new holder of the partition) and ``lease.held``. A handler writing
+    elsewhere can pass the token along and have the store refuse a write whose
+    token is lower than one it has seen for the partition: a member that lost
+    the partition (paused, cut off) cannot overwrite its successor's work. None
+    in other subscriptions."""
     _ack: Callable[[], Awaitable[None]] | None = dataclasses.field(
         default=None, repr=False, compare=False
     )
@@ -193,9 +204,10 @@ def current_event() -> EventContext | None:
     return value()
 
 
-def set_current_event(context: _Current) -> contextvars.Token[_Current]:
-    return _current.set(context)
-
-
-def reset_current_event(token: contextvars.Token[_Current]) -> None:
-    _current.reset(token)
+# The context variable's own methods (set once per event handled).
+set_current_event: Final[Callable[[_Current], contextvars.Token[_Current]]] = (
+    _current.set
+)
+reset_current_event: Final[Callable[[contextvars.Token[_Current]], None]] = (
+    _current.reset
+)

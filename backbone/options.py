@@ -115,6 +115,21 @@ class SubscriptionOptions:
     retention: a :class:`~backbone.RetentionPolicy` the subscription applies to
         its stream and dead letters while it runs (trimming; see
         docs/event-lifecycle.md).
+    ordered: each partition of the stream (an unpartitioned stream is one) is
+        held by exactly one member of the group at a time, through a lease, and
+        its events are handled one at a time in entry order; the partitions a
+        member holds run in parallel. Members joining, leaving or dying move
+        partitions between them, the pending events first, so the events of
+        one key stay in order (see backbone.consume.partitioned). Handlers see
+        the lease as ``context.lease`` (partition, fencing token) to fence
+        their own writes. Needs ``concurrency=1``, and an ack policy that
+        leaves events pending until handled (not ``ON_RECEIPT``). A group it
+        creates with ``StartFrom.NEW`` starts at the beginning of each
+        partition (see backbone.consume.partitioned); pass an entry id to skip
+        older events.
+    lease_ttl: seconds a member's lease on a partition lasts without renewal
+        (renewed every third of it): how long a dead member's partitions wait
+        before another member takes them.
     """
 
     ack: AckPolicy = AckPolicy.AFTER_SUCCESS
@@ -130,6 +145,8 @@ class SubscriptionOptions:
     idempotent: bool = False
     idempotency_ttl: float = 7 * 24 * 3600.0
     retention: RetentionPolicy | None = None
+    ordered: bool = False
+    lease_ttl: float = 10.0
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
@@ -173,6 +190,32 @@ class SubscriptionOptions:
         ):
             raise ConfigurationError(
                 f"retention must be a RetentionPolicy, not {self.retention!r}"
+            )
+        if not isinstance(self.ordered, bool):
+            raise ConfigurationError(
+                f"ordered must be True or False, not {self.ordered!r}"
+            )
+        if not isinstance(self.lease_ttl, (int, float)) or not (
+            0 < self.lease_ttl <= 3600
+        ):
+            raise ConfigurationError(
+                f"lease_ttl must be > 0 and at most 3600 seconds, not "
+                f"{self.lease_ttl!r}"
+            )
+        if self.ordered and self.concurrency != 1:
+            raise ConfigurationError(
+                f"ordered=True handles one event at a time per partition (the "
+                f"partitions a member holds run in parallel); concurrency="
+                f"{self.concurrency} would reorder them: drop concurrency, or "
+                "drop ordered=True for a shared subscription"
+            )
+        if self.ordered and self.ack is AckPolicy.ON_RECEIPT:
+            raise ConfigurationError(
+                "ordered=True cannot use ack=AckPolicy.ON_RECEIPT: a partition "
+                "moving to another member hands over its pending events, and "
+                "under ON_RECEIPT (XREADGROUP NOACK) the events read ahead are "
+                "never pending, so every handover would lose them; use the "
+                "default AckPolicy.AFTER_SUCCESS (or MANUAL)"
             )
         if self.idempotent and self.ack is AckPolicy.ON_RECEIPT:
             raise ConfigurationError(

@@ -99,6 +99,7 @@ class TestBus(Backbone):
         consumer: str | None = None,
         start: StartFrom | _EventId | str | None = None,
         options: SubscriptionOptions | None = None,
+        partitions: int | None = None,
     ) -> Subscription:
         from .options import StartFrom
 
@@ -112,6 +113,7 @@ class TestBus(Backbone):
             # A test's subscription sees what the test published before it.
             start=StartFrom.BEGINNING if start is None else start,
             options=options,
+            partitions=partitions,
         )
         self.subscriptions.append(subscription)
         return subscription
@@ -207,12 +209,23 @@ class TestBus(Backbone):
             return True
         if subscription.in_flight:
             return False
-        stream = subscription.keys.stream
+        from .consume.partitioned import PartitionedSubscription
+
+        if isinstance(subscription, PartitionedSubscription):
+            parts = subscription.parts  # every partition, held or not
+        else:
+            parts = [subscription.keys]
+        for part in parts:
+            if not await self._drained(part.stream, subscription.group):
+                return False
+        return True
+
+    async def _drained(self, stream: str, group: str) -> bool:
         last = await self.redis.xrevrange(stream, count=1)
         if not last:
             return True
         for info in await self.redis.xinfo_groups(stream):
-            if as_text(info.get("name")) == subscription.group:
+            if as_text(info.get("name")) == group:
                 delivered = as_text(info.get("last-delivered-id"))
                 pending = int(info.get("pending", 0))
                 return delivered == as_text(last[0][0]) and pending == 0

@@ -184,6 +184,7 @@ class _State:
         self.stream = "bb:{dev:x}"
         self.group, self.consumer, self.noack = "g", "c", False
         self.options = backbone.SubscriptionOptions()
+        self.lease = None
 
 
 @pytest.mark.parametrize(

@@ -18,12 +18,19 @@ module                    stage
 ``signals``               one signal handling per loop for every subscription
 ``context``               the handler's EventContext from entry metadata
 ``delivery``              one held event
+``partitioned``           :class:`PartitionedSubscription`: a group over every
+                          partition of a stream, shared or ordered
+``ordered``               ordered mode: takes, keeps and hands over partitions
+``leases``                a partition's lease, and the fencing of every write
+``membership``            the live members and the assignment of partitions
 ========================  ====================================================
 """
 
 from __future__ import annotations
 
+from .leases import Lease
+from .partitioned import PartitionedSubscription
 from .state import SubscriptionStats
 from .subscription import Subscription
 
-__all__ = ["Subscription", "SubscriptionStats"]
+__all__ = ["Lease", "PartitionedSubscription", "Subscription", "SubscriptionStats"]

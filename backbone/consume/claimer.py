@@ -10,6 +10,10 @@ Every ``claim_interval``:
   room, which it holds while the scan runs so the reader cannot fill it
   meanwhile;
 * it prunes old idempotency marks.
+
+An ordered subscription (one holding a partition's lease) only prunes: the
+lease, not the entries' idle time, says who handles the partition's events, and
+its holder took every pending entry of the group when it took the lease.
 """
 
 from __future__ import annotations
@@ -47,8 +51,9 @@ class Claimer:
         while not state.stopping.is_set():
             await asyncio.sleep(interval)
             try:
-                await self.renew_leases()
-                await self.claim()
+                if state.lease is None:
+                    await self.renew_leases()
+                    await self.claim()
                 if self.marks is not None:
                     await self.marks.prune()
             except asyncio.CancelledError:

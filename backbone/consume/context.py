@@ -95,6 +95,7 @@ def build_context(
         original_id=EventId(state.stream, as_text(origin)) if origin else None,
         aggregate_id=as_text(aggregate) if aggregate else None,
         unreadable=tuple(unreadable),
+        lease=state.lease,
         _ack=ack,
     )
 

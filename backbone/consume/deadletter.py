@@ -3,7 +3,10 @@
 ``lua/dead_letter.lua`` appends the dead letter (the schema is
 :class:`backbone.DeadLetter`), copies the payload key beside it and acks the event,
 in one atomic step, and only while the event is still pending in the group: an
-event another member acknowledged meanwhile is not dead-lettered.
+event another member acknowledged meanwhile is not dead-lettered. Holding a
+partition's lease (an ordered subscription), the same step checks the lease:
+a member that lost it dead-letters nothing, and the event stays pending for
+the partition's new owner.
 
 Each dead letter is one log line: at ERROR with the handler's traceback when the
 handler failed on its last delivery, at WARNING for bad input (the reason says
@@ -20,6 +23,7 @@ from ..events import EventId
 from ..faults import is_transient
 from ..telemetry import hooks
 from .context import log_fields
+from .leases import is_fenced
 
 if TYPE_CHECKING:
     from .delivery import Delivery
@@ -60,6 +64,8 @@ class DeadLetterStep:
             metadata=d.fields,
         )
         fields = letter.to_fields(d.fields)
+        lease = state.lease
+        fence = None if lease is None else (lease.key, lease.fence)
         attempt = 0
         while True:
             attempt += 1
@@ -76,9 +82,21 @@ class DeadLetterStep:
                     entry_id=d.entry_id,
                     only_if_pending=not state.noack,
                     fields=fields,
+                    fence=fence,
                 )
                 break
             except Exception as exc:
+                if lease is not None and is_fenced(exc):
+                    log.warning(
+                        "%s: %s not dead-lettered: %s; it stays pending for the "
+                        "partition's new owner",
+                        state,
+                        d.entry_id,
+                        exc,
+                        extra=log_fields(state, d, handler=handler),
+                    )
+                    lease.lose()
+                    return
                 if (
                     not is_transient(exc)
                     or state.stopping.is_set()

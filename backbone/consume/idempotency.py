@@ -4,7 +4,8 @@ A mark is written right *after* the handler returns and before the ack, and
 read.lua (or the payload fetch of a claim) reports whether an entry is marked, so
 a redelivered event that was handled is acked without calling the handler again.
 Written before the handler, a mark would make an interrupted handler's event be
-skipped on redelivery: lost.
+skipped on redelivery: lost. Holding a partition's lease (an ordered
+subscription), the mark is written only while the lease holds (lease.lua).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import time
 from typing import TYPE_CHECKING, Final
 
 from ..faults import is_transient
+from . import leases
 from .delivery import logical_id
+from .leases import LeaseLost
 
 if TYPE_CHECKING:
     from .delivery import Delivery
@@ -39,7 +42,15 @@ class Marks:
         mark = logical_id(d)
         while True:
             try:
-                await state.redis.zadd(self.key, {mark: time.time()})
+                if state.lease is None:
+                    await state.redis.zadd(self.key, {mark: time.time()})
+                else:
+                    await leases.mark(state, self.key, mark, time.time())
+                return
+            except LeaseLost as exc:
+                log.warning("%s: %s not marked as handled: %s", state, mark, exc)
+                if state.lease is not None:
+                    state.lease.lose()
                 return
             except Exception as exc:
                 if not is_transient(exc) or state.stopping.is_set():

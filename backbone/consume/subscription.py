@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from ..connection import Backbone
     from ..dispatch import Dispatcher
     from ..keys import StreamKeys
+    from .leases import Lease
 
 __all__ = ["Subscription", "default_consumer_name"]
 
@@ -88,6 +89,7 @@ class Subscription:
         consumer: str | None = None,
         start: StartFrom | EventId | str = StartFrom.NEW,
         options: SubscriptionOptions | None = None,
+        lease: Lease | None = None,
     ) -> None:
         self.backbone = backbone
         self.keys = keys
@@ -101,6 +103,12 @@ class Subscription:
                 f"connection's command_timeout ({backbone.command_timeout:g}s); lower "
                 "block or raise Backbone(command_timeout=...)"
             )
+        if self.options.ordered and lease is None:
+            raise ConfigurationError(
+                "ordered=True needs the partitions' leases: subscribe through "
+                "Backbone.subscribe (or the generated subscribe_<contract>), which "
+                "makes an ordered PartitionedSubscription"
+            )
         self.start_id = start_id(start)
         state = SubscriptionState(
             backbone,
@@ -110,6 +118,7 @@ class Subscription:
             consumer=self.consumer,
             options=self.options,
             name=repr(self),
+            lease=lease,
         )
         self._state = state
         self.stats: SubscriptionStats = state.stats

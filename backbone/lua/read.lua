@@ -6,10 +6,15 @@
 --
 -- KEYS[1]  stream
 -- KEYS[2]  the group's idempotency marks (optional)
+-- KEYS[last] (fenced only) the partition's lease, see lease.lua
 -- ARGV[1]  group
 -- ARGV[2]  consumer
 -- ARGV[3]  COUNT
--- ARGV[4]  "1": read with NOACK (nothing becomes pending)
+-- ARGV[4]  "1": read with NOACK (nothing becomes pending), else "0". Fenced
+--          (an ordered subscription): followed by a space and the fence
+--          "<token> <owner>"; then nothing is acked or read unless the last
+--          KEY holds exactly that fence, and the call fails with an error
+--          starting "FENCED"
 -- ARGV[5]  payload key prefix ("<stream>:p:")
 -- ARGV[6]  number K of operations this consumer knows, then K times:
 --            operation name, its version, F, F payload field names in
@@ -28,6 +33,16 @@
 -- consumer's upcasters), and a newer one's too (so that a hash none of whose
 -- fields the consumer knows is told from a missing one). With nothing new it
 -- returns {last entry id of the stream}, for XREAD.
+local mode, marks = ARGV[4], KEYS[2]
+if #mode > 1 then
+  local fence = string.sub(mode, 3)
+  if redis.call('GET', KEYS[#KEYS]) ~= fence then
+    return redis.error_reply('FENCED the lease ' .. KEYS[#KEYS] .. ' is no longer "' ..
+      fence .. '"; another member holds the partition or it expired')
+  end
+  mode = string.sub(mode, 1, 1)
+  if #KEYS < 3 then marks = nil end
+end
 local known = {}
 local pos = 7
 local versions = {}
@@ -44,7 +59,7 @@ for first = pos, #ARGV, 4000 do
 end
 
 local args = {'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3]}
-if ARGV[4] == '1' then args[#args + 1] = 'NOACK' end
+if mode == '1' then args[#args + 1] = 'NOACK' end
 args[#args + 1] = 'STREAMS'
 args[#args + 1] = KEYS[1]
 args[#args + 1] = '>'
@@ -60,7 +75,7 @@ if not entries or #entries == 0 then
   return {last[1][1]}
 end
 
-local prefix, marks = ARGV[5], KEYS[2]
+local prefix = ARGV[5]
 local out = {false}
 local n = 1
 for _, entry in ipairs(entries) do
