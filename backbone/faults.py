@@ -64,6 +64,8 @@ def classify(exc: BaseException) -> Fault:
         # failover): transient. Anything else it refuses (keys of several slots
         # in one command) is a programming error.
         text = str(exc)
+        if "Cluster mode is not enabled" in text:
+            return Fault.BUG  # redis+cluster:// names a single server: say so now
         if "cannot be connected" in text or "reachable" in text:
             return Fault.TRANSIENT
         return Fault.BUG

@@ -145,7 +145,7 @@ async def stream_uris(backbone: Backbone) -> list[str]:
         except ConfigurationError:
             continue  # a suffixed key (":dlq") or a name backbone cannot write
         if keys.environment == backbone.environment:
-            uris.add(keys.uri)
+            uris.add(keys.name)  # a partition as ``orders#3``
     return sorted(uris)
 
 

@@ -33,6 +33,8 @@ import weakref
 import zlib
 from typing import TYPE_CHECKING, Any, Final
 
+import redis.exceptions as rex
+
 from .errors import ConfigurationError
 from .keys import MAX_PARTITIONS
 
@@ -97,20 +99,6 @@ _agreed: weakref.WeakKeyDictionary[Backbone, dict[str, int]] = (
     weakref.WeakKeyDictionary()
 )
 
-_AGREE: Final = """
--- KEYS[1] the partition count record, KEYS[2] the whole stream (unpartitioned)
--- ARGV[1] the count the caller declares
-local recorded = redis.call('GET', KEYS[1])
-if recorded then return tonumber(recorded) end
-local wanted = tonumber(ARGV[1])
-if wanted == 1 then return 1 end  -- an unpartitioned stream needs no record
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  return -redis.call('XLEN', KEYS[2]) - 1
-end
-redis.call('SET', KEYS[1], wanted)
-return wanted
-"""
-
 
 async def agree(backbone: Backbone, keys: StreamKeys, declared: int) -> int:
     """Record DECLARED as the partition count of stream KEYS, or check that it is
@@ -121,12 +109,29 @@ async def agree(backbone: Backbone, keys: StreamKeys, declared: int) -> int:
     known = _agreed.setdefault(backbone, {})
     if known.get(base.stream) == declared:
         return declared
-    recorded = int(
-        await backbone.redis.eval(_AGREE, 2, base.partitions, base.stream, declared)
-    )
+    try:
+        reply = await backbone.scripts.partitions.run(
+            backbone.redis, (base.partitions, base.stream), (declared,)
+        )
+    except rex.ResponseError as exc:
+        if "WRONGTYPE" not in str(exc):
+            raise
+        raise ConfigurationError(
+            f"{base.partitions} (the partition count of stream {base.uri!r}) or "
+            f"{base.stream} holds another type of value than backbone writes there "
+            f"({exc}); look at them with redis-cli TYPE and restore or remove them"
+        ) from None
+    recorded = int(reply)
+    if recorded == -1:
+        raise ConfigurationError(
+            f"the partition count of stream {base.uri!r} in {base.partitions} is "
+            "not a whole number; it is written by backbone only: restore it (the "
+            "count the stream was created with) or delete it if the stream holds "
+            "no partitioned events"
+        )
     if recorded < 0:
         raise ConfigurationError(
-            f"stream {base.uri!r} holds {-recorded - 1} event(s) written without "
+            f"stream {base.uri!r} holds {-recorded - 2} event(s) written without "
             f"partitions; it cannot become {declared} partitions in place (events "
             "of one key would change order): use a new stream URI, or keep "
             "partitions=1"
@@ -140,3 +145,47 @@ async def agree(backbone: Backbone, keys: StreamKeys, declared: int) -> int:
         )
     known[base.stream] = declared
     return declared
+
+
+async def recorded_count(backbone: Backbone, keys: StreamKeys) -> int | None:
+    """The partition count recorded for the stream of KEYS (None: none recorded,
+    the stream is not partitioned)."""
+    raw = await backbone.redis.get(keys.base.partitions)
+    if raw is None:
+        return None
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PARTITIONS:
+        raise ConfigurationError(
+            f"the partition count of stream {keys.uri!r} in {keys.base.partitions} "
+            f"is {text!r}, not a whole number; it is written by backbone only: "
+            "restore it (the count the stream was created with)"
+        )
+    return int(text)
+
+
+async def check_named(backbone: Backbone, keys: StreamKeys) -> int | None:
+    """For a URI that names one stream as a whole (``orders``) or one partition
+    (``orders#3``), check that it is one that exists in this layout: a
+    ConfigurationError for the whole of a partitioned stream (name a partition)
+    and for a partition beyond the count, or of a stream not partitioned. The
+    recorded count, or None."""
+    count = await recorded_count(backbone, keys)
+    if keys.partition is None:
+        if count is not None and count > 1:
+            raise ConfigurationError(
+                f"stream {keys.uri!r} is split into {count} partitions; name one: "
+                f"{keys.uri}#0 to {keys.uri}#{count - 1}"
+            )
+        return count
+    if count is None:
+        raise ConfigurationError(
+            f"stream {keys.uri!r} is not partitioned (no partition count is "
+            f"recorded in {keys.partitions}), so {keys.name!r} names nothing; use "
+            f"{keys.uri!r}"
+        )
+    if keys.partition >= count:
+        raise ConfigurationError(
+            f"stream {keys.uri!r} has {count} partition(s), {keys.uri}#0 to "
+            f"{keys.uri}#{count - 1}; {keys.name!r} does not exist"
+        )
+    return count

@@ -17,7 +17,11 @@ arguments and its reply (the scripts' own headers document the wire format):
 * ``forget_consumer.lua`` removes a stopped consumer that holds nothing:
   :class:`ForgetConsumerScript`;
 * ``trim.lua`` removes a stream's oldest entries with their payload keys, up
-  to what groups, projections and aggregates still need: :class:`TrimScript`.
+  to what groups, projections and aggregates still need: :class:`TrimScript`;
+* ``lease.lua`` (a partition's lease and the operations it fences) and
+  ``members.lua`` (the live members of an ordered subscription): their
+  wrappers live with the ordered consumer (``backbone.consume.leases`` and
+  ``backbone.consume.membership``).
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import redis.exceptions as rex
+from redis.asyncio.cluster import RedisCluster
 
 from .events import as_text
+from .slot_node import relearn_slots
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -89,6 +95,10 @@ class Script:
     ) -> tuple[Any, int]:
         """Run the script, then ``WAIT`` on the same connection for REPLICAS to
         confirm its writes; returns (script result, replicas that confirmed)."""
+        if isinstance(client, RedisCluster):
+            return await self._run_and_wait_on_node(
+                client, keys, args, replicas, timeout_ms
+            )
         for attempt in (1, 2):
             async with client.pipeline(transaction=False) as pipe:
                 pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
@@ -101,6 +111,63 @@ class Script:
                 raise result
             return result, int(confirmed)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _run_and_wait_on_node(
+        self,
+        client: RedisCluster,
+        keys: Sequence[str | bytes],
+        args: Sequence[Any],
+        replicas: int,
+        timeout_ms: int,
+    ) -> tuple[Any, int]:
+        """:meth:`run_and_wait` on a Redis Cluster. ``WAIT`` has no key, so the
+        cluster client would send it to any node, whose replicas know nothing of
+        the script's writes: both commands go to the master of the keys' slot,
+        on one connection. A redirection is not followed (the script would run
+        on another node than the ``WAIT``): MOVED means the script did not run,
+        so the client's map of the slots is corrected and both are sent again;
+        ASK (a slot being moved) is transient."""
+        for _ in range(3):
+            await client.initialize()  # (once, or after a failure of the client's)
+            node = client.get_node_from_key(as_text(keys[0]))
+            if node is None:
+                raise rex.SlotNotCoveredError(
+                    f"no master holds the slot of {as_text(keys[0])} now"
+                )
+            try:
+                async with client.pipeline(transaction=False) as pipe:
+                    pipe.execute_command(
+                        "EVALSHA", self.sha, len(keys), *keys, *args, target_nodes=node
+                    )
+                    pipe.execute_command(
+                        "WAIT", replicas, timeout_ms, target_nodes=node
+                    )
+                    result, confirmed = await pipe.execute(
+                        raise_on_error=False, allow_redirections=False
+                    )
+            except (rex.ConnectionError, rex.TimeoutError):
+                # A pipeline does not make the client learn the slots again, as
+                # a failed command does: the next attempt must not go to a
+                # node that is gone (a failover) again.
+                await relearn_slots(client, node.name)
+                raise
+            if isinstance(result, rex.NoScriptError):
+                await client.script_load(self.source)
+                continue
+            if isinstance(result, rex.MovedError):
+                await client.nodes_manager.move_slot(result)
+                continue
+            if isinstance(result, rex.AskError):
+                raise rex.TryAgainError(
+                    f"the slot of {as_text(keys[0])} is being moved to another "
+                    f"node ({result}); try again"
+                )
+            if isinstance(result, Exception):
+                raise result
+            return result, int(confirmed)
+        raise rex.TryAgainError(
+            f"the node of {as_text(keys[0])}'s slot kept changing; try again"
+        )
 
 
 class PublishStatus(enum.IntEnum):
@@ -149,12 +216,17 @@ class PublishScript(Script):
             )
         else:
             raw, confirmed = await self.run(client, keys, argv), 0
+        return self.reply(raw), confirmed
+
+    @staticmethod
+    def reply(raw: list[Any]) -> PublishReply:
+        """The script's raw reply, read."""
         kind = PublishStatus(int(raw[0]))
         detail = raw[1]
         if kind in (PublishStatus.WRITTEN, PublishStatus.DUPLICATE):
-            ids = [as_text(x) for x in detail]
-            return PublishReply(kind, ids, "", _marks(raw, 2)), confirmed
-        return PublishReply(kind, [], as_text(detail)), confirmed
+            ids = [x.decode() for x in detail]
+            return PublishReply(kind, ids, "", _marks(raw, 2))
+        return PublishReply(kind, [], as_text(detail))
 
 
 def _marks(raw: list[Any], index: int) -> tuple[str, ...]:
@@ -270,14 +342,18 @@ class DeadLetterScript(Script):
         entry_id: str,
         only_if_pending: bool,
         fields: Sequence[bytes | str],
+        fence: tuple[str, str] | None = None,
     ) -> str | None:
         """The dead letter's id, or None when the event was no longer pending
-        (acked by another member meanwhile): then nothing was written."""
-        written = await self.run(
-            client,
-            (stream, dead_letters, payload, payload_copy),
-            (group, entry_id, "1" if only_if_pending else "0", *fields),
-        )
+        (acked by another member meanwhile): then nothing was written. FENCE,
+        (lease key, fence), writes only while that lease holds that fence (an
+        error starting "FENCED" otherwise)."""
+        keys: tuple[str, ...] = (stream, dead_letters, payload, payload_copy)
+        mode = "1" if only_if_pending else "0"
+        if fence is not None:
+            keys = (*keys, fence[0])
+            mode = f"{mode} {fence[1]}"
+        written = await self.run(client, keys, (group, entry_id, mode, *fields))
         return None if written is None else as_text(written)
 
 
@@ -447,6 +523,9 @@ class Scripts:
         "dead_letter",
         "forget_consumer",
         "group",
+        "lease",
+        "members",
+        "partitions",
         "publish",
         "read",
         "redrive",
@@ -466,3 +545,6 @@ class Scripts:
         self.forget_consumer = ForgetConsumerScript("forget_consumer")
         self.trim = TrimScript("trim")
         self.versions = VersionsScript("versions")
+        self.lease = Script("lease")
+        self.members = Script("members")
+        self.partitions = Script("partitions")

@@ -31,6 +31,7 @@ from codegen.asyncapi import build_document
 from contracts.accounts import BankAccount
 from contracts.shipment_tracking import ShipmentTracking
 from typed_contracts.all_types import Address, AllTypes, Customer
+from typed_contracts.partitioned import Orders
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "tests/data/asyncapi-3.0.0.json").read_text())
@@ -85,6 +86,7 @@ def specs() -> list[ContractSpec]:
         BankAccount,
         ShipmentTracking,
         AllTypes,
+        Orders,
     ]
     return found
 
@@ -262,7 +264,7 @@ def test_parameterised_channel_per_contract(
     specs: list[ContractSpec], document: Json
 ) -> None:
     channels = document["channels"]
-    assert list(channels) == ["BankAccount", "ShipmentTracking", "AllTypes"]
+    assert list(channels) == ["BankAccount", "ShipmentTracking", "AllTypes", "Orders"]
     keys = StreamKeys("dev", "hello.event-sourcing")
     for spec in specs:
         channel = channels[spec.name]

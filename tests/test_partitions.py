@@ -213,3 +213,77 @@ def test_a_uri_names_a_partition_with_a_hash_sign() -> None:
     for bad in ("orders#x", "orders#-1", "orders#5000"):
         with pytest.raises(backbone.ConfigurationError, match="partition"):
             backbone.Backbone("memory://").keys(bad)
+
+
+async def test_a_garbled_partition_record_is_named_not_guessed(
+    bus: backbone.Backbone,
+) -> None:
+    record = bus.keys(URI).partitions
+    for garbage in ("abc", "0", "-3", "2.5"):
+        await bus.redis.set(record, garbage)
+        fresh = backbone.Backbone(bus.url, environment=bus.environment)
+        target = bus if bus.embedded else fresh
+        with pytest.raises(backbone.ConfigurationError, match="not a whole number"):
+            await agree(target, target.keys(URI), 4)
+        await fresh.close()
+    await bus.redis.delete(record)
+    await bus.redis.hset(record, "n", "4")
+    with pytest.raises(backbone.ConfigurationError, match="another type"):
+        await orders_producer(bus, URI).placed("order-1", 0)
+
+
+async def test_a_producer_of_one_partition_writes_only_where_it_may(
+    bus: backbone.Backbone,
+) -> None:
+    whole = orders_producer(bus, URI)
+    await whole.noted("records the count")
+    home = partition_for("order-1", 4)
+    named = orders_producer(bus, f"{URI}#{home}")
+    event_id = await named.placed("order-1", 0)
+    assert event_id.stream == bus.keys(URI).of_partition(home).stream
+    other = next(k for k in (f"o{n}" for n in range(50)) if partition_for(k, 4) != home)
+    with pytest.raises(backbone.ConfigurationError, match="belongs to partition"):
+        await named.placed(other, 0)
+    with pytest.raises(backbone.ConfigurationError, match="does not exist"):
+        await orders_producer(bus, f"{URI}#7").noted("nowhere")
+    with pytest.raises(backbone.ConfigurationError, match="not partitioned"):
+        await bus.producer("plain#2", None).publish(_noted_codec(), ("orphan",))
+    assert await bus.redis.exists(bus.keys("plain#2").stream) == 0
+
+
+def test_the_cli_names_the_partitions_of_a_partitioned_stream(
+    real_url: str, environment: str
+) -> None:
+    import subprocess
+    import sys
+
+    async def setup() -> None:
+        async with backbone.Backbone(real_url, environment=environment) as bus:
+            await orders_producer(bus, URI).noted("x")
+
+    asyncio.run(setup())
+    for args in (
+        ["inspect", URI],
+        ["tail", URI, "--from", "beginning"],
+        ["dlq", "list", "-u", URI],
+        ["trim", URI, "--max-len", "10"],
+    ):
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "backbone",
+                *args,
+                "--redis-url",
+                real_url,
+                "--environment",
+                environment,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode != 0, args
+        assert "split into 4 partitions" in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr

@@ -22,6 +22,7 @@ from rich.table import Table
 from ..connection import Backbone
 from ..errors import BackboneError, ConfigurationError
 from ..keys import StreamKeys
+from ..partitions import check_named
 from .common import (
     DEFAULT_URL,
     USAGE,
@@ -160,7 +161,7 @@ def archive_command(
     try:
         check_postgres_url(postgres_url)
         for uri in uris:
-            StreamKeys(environment, uri)
+            StreamKeys.parse(environment, uri)
         options = ArchiveOptions(
             group=group,
             schema=schema,
@@ -178,6 +179,8 @@ def archive_command(
 
     async def go() -> None:
         async with Backbone(redis_url, environment=environment) as bus:
+            for uri in uris:
+                await check_named(bus, bus.keys(uri))
             sink = ArchiveSink(bus, postgres_url, uris, options)
             done.append(sink)
             await _start(sink, postgres_url)

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from ..connection import Backbone
 from ..deadletters import DeadLetter, DeadLetters
+from ..partitions import check_named
 from .common import (
     DEFAULT_URL,
     USAGE,
@@ -71,6 +72,7 @@ def dlq_list(
 
     async def go() -> tuple[int, list[DeadLetter]]:
         async with Backbone(redis_url, environment=environment) as bus:
+            await check_named(bus, bus.keys(uri))
             letters = DeadLetters(bus, uri)
             return await letters.count(), await letters.list(group=group, limit=limit)
 
@@ -126,6 +128,7 @@ def dlq_show(
 
     async def go() -> tuple[DeadLetter, dict[str, Any]] | None:
         async with Backbone(redis_url, environment=environment) as bus:
+            await check_named(bus, bus.keys(uri))
             letters = DeadLetters(bus, uri)
             letter = await _resolve(letters, dead_letter_id)
             if letter is None:
@@ -218,6 +221,7 @@ def dlq_retry(
 
     async def go() -> tuple[int, int, list[str]]:
         async with Backbone(redis_url, environment=environment) as bus:
+            await check_named(bus, bus.keys(uri))
             letters = DeadLetters(bus, uri)
             chosen, unknown = await _existing(letters, named, everything, group)
             if unknown:
@@ -254,6 +258,7 @@ def dlq_purge(
 
     async def go() -> tuple[int, int, list[str]]:
         async with Backbone(redis_url, environment=environment) as bus:
+            await check_named(bus, bus.keys(uri))
             letters = DeadLetters(bus, uri)
             chosen, unknown = await _existing(letters, named, everything, group)
             if unknown:

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from ..connection import Backbone
 from ..inspection import GroupInfo, StreamInfo, entry_time, inspect_streams
+from ..partitions import check_named
 from .common import (
     DEFAULT_URL,
     Environment,
@@ -50,7 +51,9 @@ def inspect(
     async def go() -> list[StreamInfo]:
         async with Backbone(redis_url, environment=environment) as bus:
             if uri is not None:
-                bus.keys(uri)  # a URI backbone cannot have: say so before reading
+                # A URI backbone cannot have, or the whole of a partitioned
+                # stream: say so before reading.
+                await check_named(bus, bus.keys(uri))
             return await inspect_streams(bus, uri)
 
     streams = run(go)

@@ -27,6 +27,7 @@ from rich.progress import (
 
 from ..connection import Backbone
 from ..errors import BackboneError
+from ..partitions import check_named
 from ..store.ranges import Bound, count_range, next_id, range_ids
 from ..store.replay import ReplaySummary, replay
 from ..worker import load_object
@@ -102,6 +103,7 @@ def replay_command(
     async def go() -> None:
         async with Backbone(redis_url, environment=environment) as bus:
             made = await _make(target, handler, bus)
+            await check_named(bus, bus.keys(uri))
             stream = bus.keys(uri).stream
             seen.append(ReplaySummary(stream))
             work = _replay(bus, uri, made, first, last, count, seen, done)

@@ -38,6 +38,7 @@ from ..events import (
 from ..inspection import NotAStreamError
 from ..keyring import Keyring, open_for_display
 from ..keys import StreamKeys
+from ..partitions import check_named
 from .common import (
     DEFAULT_URL,
     USAGE,
@@ -109,6 +110,7 @@ def tail(
     async def go() -> None:
         async with Backbone(redis_url, environment=environment) as bus:
             keys = bus.keys(uri)
+            await check_named(bus, keys)
             await _until_signal(_follow(bus, keys, cursor, count, show, where))
 
     with contextlib.suppress(KeyboardInterrupt):  # before the handlers are set

@@ -13,6 +13,7 @@ import typer
 from ..connection import Backbone
 from ..errors import ConfigurationError
 from ..keys import StreamKeys
+from ..partitions import check_named
 from ..retention import TrimReport, parse_duration, trim_keys
 from .common import (
     DEFAULT_URL,
@@ -104,14 +105,16 @@ def trim(
             USAGE,
         )
     try:
-        streams = [StreamKeys(environment, uri) for uri in uris]
+        streams = [StreamKeys.parse(environment, uri) for uri in uris]
     except ConfigurationError as exc:
         fail(str(exc), USAGE)
 
     async def go() -> tuple[list[str], list[tuple[str, TrimReport]]]:
         async with Backbone(redis_url, environment=environment) as bus:
+            for keys in streams:
+                await check_named(bus, keys)
             unknown = [
-                keys.uri
+                keys.name
                 for keys in streams
                 if not await bus.redis.exists(keys.stream, keys.dead_letters)
             ]
