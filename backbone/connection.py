@@ -18,6 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .direct import DirectConnection, direct_for
 from .errors import ConfigurationError
 from .faults import is_transient
 from .keys import StreamKeys, validate_part
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from .consume import Subscription
     from .contract import ContractSpec
     from .dispatch import Dispatcher
+    from .doorbell import Doorbell
     from .events import EventId
     from .options import StartFrom, SubscriptionOptions
     from .producer import Producer, ProducerOptions
@@ -196,9 +198,22 @@ class Backbone:
         self.cluster = url.startswith(CLUSTER_SCHEMES)
         self.scripts = Scripts()
         self._wakeups = _Wakeups() if self.embedded else None
+        self._doorbell: Doorbell | None = None
         self.redis: aioredis.Redis = self._client(
             url, client_name, connect_timeout, command_timeout, max_connections
         )
+        self.direct: DirectConnection | None = None
+        """The pipelined connection producers write through (:mod:`backbone.direct`;
+        None on TLS, a cluster or the embedded server, which use ``redis``)."""
+        if not self.embedded and not self.cluster:
+            self.direct = direct_for(
+                url,
+                client_name=client_name,
+                connect_timeout=connect_timeout,
+                command_timeout=command_timeout,
+            )
+            if self.direct is not None:
+                self.direct.preload(self.scripts.publish.source)
         self._closed = False
 
     @classmethod
@@ -354,30 +369,76 @@ class Backbone:
         consumer: str | None = None,
         start: StartFrom | EventId | str | None = None,
         options: SubscriptionOptions | None = None,
+        partitions: int | None = None,
     ) -> Subscription:
         """Subscribe DISPATCHER's handler to stream URI as CONSUMER of GROUP.
 
         ``await`` the result to start it, or use it in ``async with``. START says
-        where a new group begins (default: new events only).
+        where a new group begins (default: new events only). PARTITIONS (default:
+        the contract's) above 1, or ``options.ordered``, makes a
+        :class:`~backbone.consume.partitioned.PartitionedSubscription` reading
+        every partition (``orders#3`` names one partition alone, and must be
+        one of the count recorded in Redis).
         """
         from .consume import Subscription
+        from .consume.partitioned import PartitionedSubscription
         from .options import StartFrom
+        from .partitions import check_count
 
+        keys = self.keys(uri)
+        first = StartFrom.NEW if start is None else start
+        if partitions is None:
+            partitions = 1
+            if keys.partition is None:
+                partitions = dispatcher.contract.spec.partitions
+        check_count(partitions)
+        # One partition named alone is checked against the recorded count.
+        if (
+            partitions > 1
+            or keys.partition is not None
+            or (options is not None and options.ordered)
+        ):
+            return PartitionedSubscription(
+                self,
+                keys,
+                dispatcher,
+                group=group,
+                consumer=consumer,
+                start=first,
+                options=options,
+                partitions=partitions,
+            )
         return Subscription(
             self,
-            self.keys(uri),
+            keys,
             dispatcher,
             group=group,
             consumer=consumer,
-            start=StartFrom.NEW if start is None else start,
+            start=first,
             options=options,
         )
 
-    # --- embedded wake-ups -------------------------------------------------------
+    # --- wake-ups ------------------------------------------------------------------
+
+    @property
+    def doorbell(self) -> Doorbell:
+        """The wake-ups of watched streams (partitions), one connection per node
+        (see :mod:`backbone.doorbell`)."""
+        if self._doorbell is None:
+            from .doorbell import Doorbell
+
+            self._doorbell = Doorbell(self)
+        return self._doorbell
 
     def wakeup_event(self, stream: str) -> asyncio.Event | None:
-        """For an embedded Redis: the event set at the next write to STREAM."""
-        return self._wakeups.current(stream) if self._wakeups is not None else None
+        """The event set at the next write to STREAM: for an embedded Redis, and
+        for a stream the doorbell watches; None when the reader must block in
+        XREAD itself."""
+        if self._wakeups is not None:
+            return self._wakeups.current(stream)
+        if self._doorbell is not None:
+            return self._doorbell.current(stream)
+        return None
 
     def notify_written(self, stream: str) -> None:
         if self._wakeups is not None:
@@ -391,6 +452,10 @@ class Backbone:
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._doorbell is not None:
+                await self._doorbell.close()
+            if self.direct is not None:
+                await self.direct.close()
             await self.redis.aclose()
 
     async def __aenter__(self) -> Self:

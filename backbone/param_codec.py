@@ -19,7 +19,7 @@ import msgpack
 import pydantic
 
 from .contract import SCALAR_TYPES, ParamSpec
-from .wire import DIRECT
+from .wire import DIRECT, reader_for
 
 __all__ = ["ParamCodec", "one_line"]
 
@@ -59,6 +59,7 @@ class ParamCodec:
         "has_default",
         "name",
         "personal",
+        "read",
     )
 
     def __init__(self, spec: ParamSpec, packer: msgpack.Packer) -> None:
@@ -72,6 +73,9 @@ class ParamCodec:
             spec.annotation if spec.annotation in _EXACT_TYPES else None
         )
         self.encode = self._encoder(packer, _has_model(spec.annotation))
+        # Reads one stored value (msgpack), as wire.unpack does, faster for
+        # exact scalar types.
+        self.read: Callable[[bytes], Any] = reader_for(self.exact)
 
     def _encoder(self, packer: msgpack.Packer, models: bool) -> Callable[[Any], bytes]:
         pack = packer.pack

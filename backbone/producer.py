@@ -45,7 +45,7 @@ from .events import (
     current_event,
 )
 from .keyring import Keyring, aggregate_only, seal_items
-from .partitions import agree, check_count, key_text, partition_for
+from .partitions import agree, check_count, check_named, key_text, partition_for
 from .producer_options import ProducerOptions, default_identity
 from .retrying import until_answered
 from .telemetry import hooks
@@ -85,14 +85,33 @@ class Producer:
         self.partitions = check_count(declared)
         """How many partitions the stream has (1: not partitioned)."""
         self._stream = keys.stream
-        self._writer = Writer(backbone, keys, self.identity, self.options, contract)
+        # Batches in flight at once: on a direct connection (pipelined, replies
+        # in order) several, each with a writer of its own (its own batch record,
+        # so a retry is still recognised exactly); elsewhere one.
+        direct = backbone.direct is not None and not self.options.min_replicas
+        slots = self.options.pipeline if direct else 1
+        marked: set[OperationCodec] = set()
+        self._writers = [
+            Writer(backbone, keys, self.identity, self.options, contract, marked)
+            for _ in range(slots)
+        ]
+        # The steps a first write awaits (the partition count, version marks)
+        # run one caller at a time, so that calls are still sent in the order
+        # they were made: after them, nothing waits before the write itself.
+        self._setup = asyncio.Lock()
+        self._writer = self._writers[0]
+        self._idle = list(reversed(self._writers))
+        self._freed = asyncio.Event()
+        self._sending: set[asyncio.Task[None]] = set()
         self._keyring = Keyring.of(backbone)
         self._pending: collections.deque[Item] = collections.deque()
-        self._send_lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
-        # A producer of one named partition (``orders#3``) writes there only.
-        self._agreed = keys.partition is not None
+        # A producer of one named partition (``orders#3``) writes there only,
+        # once the recorded count shows that partition exists; a lane of a
+        # producer of the whole stream is checked by that producer.
+        self._agreed = False
+        self._named: int | None = None
         self._key: Any = None
         self._lanes: list[Producer] | None = None
         self._turn = itertools.count()
@@ -106,6 +125,8 @@ class Producer:
                 )
                 for p in range(self.partitions)
             ]
+            for lane in self._lanes:
+                lane._agreed = True
 
     def keyed(self, key: Any) -> Producer:
         """This producer, putting events without a key parameter in the partition
@@ -139,11 +160,16 @@ class Producer:
     async def _publish_item(self, item: Item) -> EventId:
         if self._closed:
             raise PublishError(f"producer for {self._stream} is closed")
-        if not self._send_lock.locked() and not self._pending:
-            # Nobody is writing: send this event now, from the caller's task.
-            async with self._send_lock:
-                ids = await self._send([item])
-            self._kick()
+        if self._named is not None and self.keys.partition is not None:
+            self._check_keys([item], self._named)  # before it joins a batch
+        if self._idle and not self._pending:
+            # A writer is free and nobody waits: send this event now, from the
+            # caller's task.
+            writer = self._idle.pop()
+            try:
+                ids = await self._send([item], writer=writer)
+            finally:
+                self._give(writer)
             return ids[0]
         item.future = asyncio.get_running_loop().create_future()
         self._pending.append(item)
@@ -174,13 +200,15 @@ class Producer:
         item = Item(
             operation, time.time_ns() // 1_000_000, self._extra_meta(), values, None
         )
-        if self._lanes is not None:
+        if self._lanes is not None or self.keys.partition is not None:
             key = self._key
             if key is None:
                 index = operation.operation.partition_key
                 key = None if index is None else args[index]
-            if key is not None:
+            if key is not None and self._lanes is not None:
                 item.partition = partition_for(key, self.partitions)
+            else:
+                item.key = key
         observer = hooks.active
         if observer is not None:
             # The span starts in the caller's context (a handler's span, say).
@@ -190,6 +218,20 @@ class Producer:
             if carried is not None:
                 item.extra = (*item.extra, F_TRACE, carried)
         return item
+
+    def _check_keys(self, items: list[Item], count: int) -> None:
+        """A producer of one named partition writes only events whose key (if
+        they have one) belongs there: another key's events would be out of
+        order with the rest of that key's."""
+        partition = self.keys.partition
+        for item in items:
+            if item.key is not None and partition_for(item.key, count) != partition:
+                raise ConfigurationError(
+                    f"the event's partition key {item.key!r} belongs to partition "
+                    f"{partition_for(item.key, count)} of {self.keys.uri!r}, not to "
+                    f"{self.keys.name!r}; publish through a producer of the whole "
+                    f"stream ({self.keys.uri!r}), which picks the partition"
+                )
 
     def _partition_of(self, items: list[Item]) -> int:
         """The one partition of ITEMS: their keys' (a ConfigurationError when
@@ -211,8 +253,14 @@ class Producer:
         declares; lost connections are retried until ``publish_timeout``."""
         if self._agreed:
             return
-        await until_answered(
-            lambda _remaining: agree(self.backbone, self.keys, self.partitions),
+
+        async def check(_remaining: float) -> int | None:
+            if self.keys.partition is not None:
+                return await check_named(self.backbone, self.keys)
+            return await agree(self.backbone, self.keys, self.partitions)
+
+        self._named = await until_answered(
+            check,
             timeout=self.options.publish_timeout,
             what=f"publish {count} event(s) to {self._stream}",
             where=repr(self.backbone),
@@ -230,18 +278,24 @@ class Producer:
             lane = self._lanes[self._partition_of(items)]
             await self._agree(len(items))
             return await lane._write_atomic(items)
-        async with self._send_lock:
-            ids = await self._send(items, atomic=True)
-        self._kick()
-        return ids
+        writer = await self._take()
+        try:
+            return await self._send(items, atomic=True, writer=writer)
+        finally:
+            self._give(writer)
 
     async def close(self) -> None:
         """Wait for queued events to be written, then refuse new ones."""
         self._closed = True
         for lane in self._lanes or ():
             await lane.close()
-        while self._flusher is not None and not self._flusher.done():
-            await asyncio.shield(self._flusher)
+        while (self._flusher is not None and not self._flusher.done()) or (
+            self._sending
+        ):
+            if self._flusher is not None and not self._flusher.done():
+                await asyncio.shield(self._flusher)
+            if self._sending:
+                await asyncio.wait(set(self._sending))
 
     def _check_atomic_size(self, size: int) -> None:
         if size > self.options.max_atomic_batch:
@@ -261,6 +315,18 @@ class Producer:
         cause_id = str(cause.event_id)
         return (F_CORRELATION, cause.correlation_id or cause_id, F_CAUSATION, cause_id)
 
+    async def _take(self) -> Writer:
+        """A free writer (a batch slot), waiting for one."""
+        while not self._idle:
+            self._freed.clear()
+            await self._freed.wait()
+        return self._idle.pop()
+
+    def _give(self, writer: Writer) -> None:
+        self._idle.append(writer)
+        self._freed.set()
+        self._kick()
+
     def _kick(self) -> None:
         if self._pending and (self._flusher is None or self._flusher.done()):
             self._flusher = asyncio.get_running_loop().create_task(
@@ -268,47 +334,64 @@ class Producer:
             )
 
     async def _flush(self) -> None:
+        """Send what callers queued, in batches of up to ``max_batch``, one per
+        free writer: with several writers a batch goes out while the previous
+        ones are still in flight."""
         linger = self.options.linger
+        loop = asyncio.get_running_loop()
         while self._pending:
             if linger and len(self._pending) < self.options.max_batch:
                 await asyncio.sleep(linger)
-            async with self._send_lock:
-                batch: list[Item] = []
-                while self._pending and len(batch) < self.options.max_batch:
-                    batch.append(self._pending.popleft())
-                try:
-                    ids = await self._send(batch)
-                except ReplicationTimeout as exc:
-                    for item, event_id in zip(batch, exc.event_ids, strict=True):
-                        if item.future is not None and not item.future.done():
-                            item.future.set_exception(
-                                ReplicationTimeout(str(exc), [event_id], exc.replicas)
-                            )
-                    continue
-                except BaseException as exc:
-                    for item in batch:
-                        if item.future is not None and not item.future.done():
-                            item.future.set_exception(
-                                exc
-                                if isinstance(exc, Exception)
-                                else PublishError(
-                                    f"publishing was interrupted ({type(exc).__name__})"
-                                )
-                            )
-                    if not isinstance(exc, Exception):
-                        raise
-                    continue
-                for item, event_id in zip(batch, ids, strict=True):
-                    if item.future is not None and not item.future.done():
-                        item.future.set_result(event_id)
+            writer = await self._take()
+            batch: list[Item] = []
+            while self._pending and len(batch) < self.options.max_batch:
+                batch.append(self._pending.popleft())
+            if not batch:
+                self._give(writer)
+                return
+            task = loop.create_task(self._send_batch(batch, writer))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
 
-    async def _send(self, items: list[Item], *, atomic: bool = False) -> list[EventId]:
+    async def _send_batch(self, batch: list[Item], writer: Writer) -> None:
+        """Send BATCH with WRITER and settle its callers' futures."""
+        try:
+            ids = await self._send(batch, writer=writer)
+        except ReplicationTimeout as exc:
+            for item, event_id in zip(batch, exc.event_ids, strict=True):
+                if item.future is not None and not item.future.done():
+                    item.future.set_exception(
+                        ReplicationTimeout(str(exc), [event_id], exc.replicas)
+                    )
+            return
+        except BaseException as exc:
+            for item in batch:
+                if item.future is not None and not item.future.done():
+                    item.future.set_exception(
+                        exc
+                        if isinstance(exc, Exception)
+                        else PublishError(
+                            f"publishing was interrupted ({type(exc).__name__})"
+                        )
+                    )
+            if not isinstance(exc, Exception):
+                raise
+            return
+        finally:
+            self._give(writer)
+        for item, event_id in zip(batch, ids, strict=True):
+            if item.future is not None and not item.future.done():
+                item.future.set_result(event_id)
+
+    async def _send(
+        self, items: list[Item], *, writer: Writer, atomic: bool = False
+    ) -> list[EventId]:
         """:meth:`_append`, and with telemetry on, the end of the items' records."""
         observer = hooks.active
         if observer is None:
-            return await self._append(items, atomic=atomic)
+            return await self._append(items, writer, atomic=atomic)
         try:
-            ids = await self._append(items, atomic=atomic)
+            ids = await self._append(items, writer, atomic=atomic)
         except ReplicationTimeout as exc:
             written = [e for e in exc.event_ids if isinstance(e, EventId)]
             self._settle(items, written, exc, observer)
@@ -337,14 +420,19 @@ class Producer:
             observer.publish_done(self._stream, records, ids, error)
 
     async def _append(
-        self, items: list[Item], *, atomic: bool = False
+        self, items: list[Item], writer: Writer, *, atomic: bool = False
     ) -> list[EventId]:
         """One atomic write of ITEMS (see :mod:`backbone.writer`). When Redis
         refuses a coalesced (not ATOMIC) batch, or a retired operation version
         among its events refuses it, its events are sent one by one so that only
         the refused ones fail. Personal values are sealed first (one round trip
         to the keyring for the batch)."""
-        await self._agree(len(items))
+        if not self._agreed or writer.needs_marks(items):
+            async with self._setup:
+                await self._agree(len(items))
+                await writer.record_marks(items)
+        if self._named is not None and self.keys.partition is not None:
+            self._check_keys(items, self._named)
         await seal_items(
             self._keyring,
             items,
@@ -352,13 +440,15 @@ class Producer:
             timeout=self.options.publish_timeout,
         )
         try:
-            return await self._writer.write(items)
+            return await writer.write(items)
         except (BatchRefused, RetiredVersionError):
             if len(items) > 1 and not atomic:
-                return await self._send_one_by_one(items)
+                return await self._send_one_by_one(items, writer)
             raise
 
-    async def _send_one_by_one(self, items: list[Item]) -> list[EventId]:
+    async def _send_one_by_one(
+        self, items: list[Item], writer: Writer
+    ) -> list[EventId]:
         """After Redis refused a whole batch, send its events one at a time, so
         that only the refused ones fail. Each caller learns its outcome as soon
         as it is known; when Redis becomes unreachable, the events not sent yet
@@ -366,7 +456,7 @@ class Producer:
         results: list[EventId] = []
         for index, item in enumerate(items):
             try:
-                (event_id,) = await self._send([item], atomic=True)
+                (event_id,) = await self._send([item], atomic=True, writer=writer)
             except PublishError as exc:
                 if item.future is None:
                     raise

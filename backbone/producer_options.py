@@ -36,6 +36,10 @@ class ProducerOptions:
         deliver a request's bytes up to ~15 minutes late (TCP retransmissions),
         so keep it well above that; the record is one short string per
         producer instance.
+    pipeline: batches in flight at once on a plain ``redis://`` or ``unix://``
+        connection (pipelined: the next batch is sent while the earlier ones run;
+        each has its own batch record). Elsewhere, and with ``min_replicas``
+        (whose ``WAIT`` holds its connection), one batch is in flight.
     """
 
     publish_timeout: float = 30.0
@@ -46,6 +50,7 @@ class ProducerOptions:
     min_replicas: int = 0
     replica_timeout: float = 1.0
     batch_record_ttl: float = 3600.0
+    pipeline: int = 4
 
     def __post_init__(self) -> None:
         if self.publish_timeout <= 0:
@@ -62,6 +67,10 @@ class ProducerOptions:
             raise ConfigurationError(
                 "min_replicas must be >= 0 and replica_timeout > 0 seconds, not "
                 f"{self.min_replicas!r} and {self.replica_timeout!r}"
+            )
+        if not 1 <= self.pipeline <= 64:
+            raise ConfigurationError(
+                f"pipeline must be from 1 to 64 batches, not {self.pipeline!r}"
             )
         if self.max_atomic_batch < 1:
             raise ConfigurationError(

@@ -16,8 +16,10 @@ import asyncio
 import dataclasses
 import logging
 import secrets
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Any
 
+from .direct import run_script
 from .errors import PublishError, ReplicationTimeout
 from .events import F_CONTRACT, F_OPERATION, F_PRODUCER, F_VERSION, EventId
 from .retrying import until_answered
@@ -51,6 +53,8 @@ class Item:
     telemetry: Publishing | None = None
     partition: int | None = None
     """The partition of the event's key (None: no key, any partition)."""
+    key: Any = None
+    """The event's partition key, for a producer of one named partition."""
 
 
 class BatchRefused(PublishError):
@@ -67,6 +71,7 @@ class Writer:
         identity: str,
         options: ProducerOptions,
         contract: ContractSpec | None = None,
+        marked: set[OperationCodec] | None = None,
     ) -> None:
         self.backbone = backbone
         self.contract = contract
@@ -75,7 +80,8 @@ class Writer:
         self._stream = keys.stream
         self.keys = keys
         # Operations whose version marks this writer has recorded.
-        self._marked: set[OperationCodec] = set()
+        # (shared by the writers of one producer: MARKED)
+        self._marked: set[OperationCodec] = set() if marked is None else marked
         self.warned: set[str] = set()
         # The batch record is this instance's alone, even when several producers
         # share an identity: a retry must only ever find its own batches.
@@ -131,6 +137,11 @@ class Writer:
         argv.extend(body)
         return argv
 
+    def needs_marks(self, items: list[Item]) -> bool:
+        """True when ITEMS hold an operation whose marks are not recorded yet."""
+        marked = self._marked
+        return any(item.operation not in marked for item in items)
+
     async def record_marks(self, items: list[Item]) -> None:
         """Record the version marks of the batch's operations, each once: an
         older producer on the same stream is then refused its retired versions."""
@@ -163,7 +174,23 @@ class Writer:
         wait_ms = int(self.options.replica_timeout * 1000)
         extra = self.options.replica_timeout if wait else 0
 
+        # WAIT holds its connection until the replicas answer: on the shared
+        # direct connection it would hold up every read and ack behind it.
+        direct = self.backbone.direct if not wait else None
+
         async def attempt(remaining: float) -> tuple[PublishReply, int]:
+            if direct is not None:
+                raw, confirmed = await run_script(
+                    direct,
+                    script.sha,
+                    script.source,
+                    keys,
+                    argv,
+                    replicas=wait,
+                    timeout_ms=wait_ms,
+                    deadline=time.monotonic() + remaining + extra,
+                )
+                return script.reply(raw), confirmed
             async with asyncio.timeout(remaining + extra):
                 return await script.append(
                     client, keys, argv, replicas=wait, timeout_ms=wait_ms

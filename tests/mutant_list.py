@@ -144,8 +144,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "last-delivery-refused",
         "backbone/consume/workers.py",
-        "if d.delivery_count > retry.max_deliveries:",
-        "if d.delivery_count >= retry.max_deliveries:",
+        "return d.delivery_count > self._max_deliveries",
+        "return d.delivery_count >= self._max_deliveries",
         (
             f"{MECHANISMS}::test_a_claimed_event_at_max_deliveries_gets_its_last_attempt",
             f"{MECHANISMS}::test_a_recovered_event_at_max_deliveries_gets_its_last_attempt",
@@ -154,7 +154,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "retry-not-counted-in-redis",
-        "backbone/consume/workers.py",
+        "backbone/consume/retries.py",
         "                    retrycount=next_count,\n",
         "",
         (f"{MECHANISMS}::test_retries_are_deliveries_in_redis_and_survive_a_restart",),
@@ -162,7 +162,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "retry-after-acked-elsewhere",
-        "backbone/consume/workers.py",
+        "backbone/consume/retries.py",
         "            if not claimed:\n",
         "            if False:\n",
         (f"{MECHANISMS}::test_no_retry_for_an_event_acknowledged_meanwhile",),
@@ -170,7 +170,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "stop-counts-as-a-failure",
-        "backbone/consume/workers.py",
+        "backbone/consume/retries.py",
         "if isinstance(exc, asyncio.CancelledError) and _being_cancelled():",
         "if False:",
         (f"{MECHANISMS}::test_a_handler_cancelled_by_a_stop_has_not_failed",),
@@ -311,10 +311,18 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "read-without-noack",
         "backbone/lua/read.lua",
-        "if ARGV[4] == '1' then args[#args + 1] = 'NOACK' end",
+        "if mode == '1' then args[#args + 1] = 'NOACK' end",
         "",
         (f"{DELIVERY}::test_ack_on_receipt_keeps_nothing_pending",),
         "AckPolicy.ON_RECEIPT leaves every event pending",
+    ),
+    Mutant(
+        "pipelined-read-without-noack",
+        "backbone/consume/pipelined.py",
+        'noack = ("NOACK",) if state.noack else ()',
+        "noack = ()",
+        (f"{DELIVERY}::test_ack_on_receipt_keeps_nothing_pending",),
+        "AckPolicy.ON_RECEIPT leaves every event pending (plain reads)",
     ),
     Mutant(
         "read-mark-of-the-redriven-copy",

@@ -119,7 +119,9 @@ async def test_refused_coalesced_batch_falls_back_to_single_writes(
     # whose first event lands on -2 and collides.
     blocker = bus.keys(URI).payload("9999999999990-2")
     await bus.redis.set(blocker, "in the way")
-    producer = shipment_tracking_producer(bus, URI)
+    # One batch in flight, so that the five calls behind the first are coalesced.
+    options = backbone.ProducerOptions(pipeline=1)
+    producer = shipment_tracking_producer(bus, URI, options=options)
     results = await asyncio.gather(
         *(producer.packing(f"u{i}@example.com", i, moment()) for i in range(6))
     )

@@ -148,7 +148,9 @@ async def test_lost_refusal_of_a_coalesced_batch_falls_back_to_single_writes(
     # whose first event lands on -2 and collides.
     await _occupy_payload_key(real_bus, 2)
     async with backbone.Backbone(proxy.url, environment=environment) as bus:
-        producer = shipment_tracking_producer(bus, URI)
+        # One batch in flight, so that the layout above is the one written.
+        options = backbone.ProducerOptions(pipeline=1)
+        producer = shipment_tracking_producer(bus, URI, options=options)
         proxy.drop_reply_containing(b"WRONGTYPE")
         results = await asyncio.gather(
             *(producer.packing(f"u{i}@example.com", i, moment()) for i in range(6))

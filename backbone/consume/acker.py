@@ -4,6 +4,11 @@ Under load, finished events' acks ride on the reader's next read.lua call. When
 the reader is idle (blocked, waiting for entries), the acker writes them itself
 after a short delay, batched, retried through outages: it must not die, or an
 idle reader's acks would never be written.
+
+Holding a partition's lease (an ordered subscription), it acks through the
+fenced ``ack`` of lease.lua: when the lease is no longer this holding's, nothing
+is acked, the acks are dropped (their events stay pending for the new owner)
+and the lease is lost, which stops the subscription.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import logging
 from typing import TYPE_CHECKING, Final
 
 from ..faults import Fault, classify
+from . import leases
+from .leases import LeaseLost
 
 if TYPE_CHECKING:
     from .state import SubscriptionState
@@ -53,11 +60,32 @@ class Acker:
     async def flush(self, *, final: bool) -> None:
         state = self.state
         window = state.window
+        # The pipelined connection where there is one (cheaper for the client
+        # than redis-py's: under load this runs every few milliseconds).
+        direct = state.backbone.direct
         failures = 0
         while window.acks:
             batch = window.take_acks(_BATCH)
             try:
-                await state.redis.xack(state.stream, state.group, *batch)
+                if state.lease is None and direct is not None:
+                    await direct.call("XACK", state.stream, state.group, *batch)
+                elif state.lease is None:
+                    await state.redis.xack(state.stream, state.group, *batch)
+                else:
+                    await leases.ack(state, batch)
+            except LeaseLost as exc:
+                dropped = batch + window.take_acks()
+                window.acks_dropped(dropped)
+                log.warning(
+                    "%s: %d ack(s) refused, %s; those events stay pending for the "
+                    "partition's new owner",
+                    state,
+                    len(dropped),
+                    exc,
+                )
+                if state.lease is not None:
+                    state.lease.lose()
+                return
             except Exception as exc:
                 window.acks_failed(batch)
                 failures += 1

@@ -1,9 +1,11 @@
 """The reader: produces deliveries for the room it is given, never more.
 
-Each read is one call of ``lua/read.lua`` (wrapped by :class:`ReadScript`): it
-writes the acks queued since the last call, reads up to the free room of new
-entries (``XREADGROUP ... >``) and answers each with its payload values in
-parameter order. When nothing is new the reader blocks in ``XREAD`` (which
+Each read writes the acks queued since the last one, reads up to the free room
+of new entries (``XREADGROUP ... >``) and answers each with its payload values in
+parameter order: one call of ``lua/read.lua`` (wrapped by :class:`ReadScript`),
+or, for a plain subscription on a direct connection, the same in plain commands
+pipelined in two round trips (:mod:`.pipelined`, cheaper for the server). When
+nothing is new the reader blocks in ``XREAD`` (which
 consumes nothing) until the stream grows. At start, and after a read whose reply
 was lost or a failed claim, it first takes back this consumer's own pending
 entries (``XPENDING`` + ``XCLAIM`` to itself) through the fetcher.
@@ -11,6 +13,12 @@ entries (``XPENDING`` + ``XCLAIM`` to itself) through the fetcher.
 Failures are classified once (:mod:`backbone.faults`): a lost connection waits
 out the outage, a vanished group is recreated, a command Redis refuses as a whole
 is logged and retried with backoff. Errors about one entry never get here.
+
+An ordered subscription holds its partition's lease (:mod:`.leases`): read.lua
+checks the lease before it acks or reads anything, and its recovery takes every
+pending entry of the group (the previous holder's too), in id order, with a
+fenced ``XCLAIM``, before the first read. A read or claim refused by the fence
+loses the lease and ends the reader: the subscription stops.
 """
 
 from __future__ import annotations
@@ -22,15 +30,18 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from ..events import as_text, entry_version
+from ..events import as_text
 from ..faults import Fault, classify
 from ..keyring import Keyring
+from . import leases
 from .delivery import Delivery, open_sealed
+from .leases import LeaseLost, raise_if_fenced
+from .pipelined import PipelinedRead, Versions, usable
 
 if TYPE_CHECKING:
     from .fetcher import Fetcher
     from .group import Group
-    from .state import SubscriptionState
+    from .state import SubscriptionState, Window
 
 __all__ = ["ReadScript", "Reader"]
 
@@ -64,40 +75,67 @@ class ReadScript:
         keys: tuple[str, ...] = (state.stream,)
         if state.options.idempotent:
             keys = (state.stream, state.keys.done(state.group))
+        if state.lease is not None:
+            keys = (*keys, state.lease.key)
+            self._mode = f"{self._mode} {state.lease.fence}"
         self._keys = keys
+        self.version = Versions()
+        self.sealable: list[Delivery] = []
+        """The deliveries of the last read that may hold sealed personal values
+        (all of them: open_sealed chooses)."""
 
-    async def run(self, count: int, acks: list[str]) -> str | list[Delivery]:
-        """Ack ACKS, read up to COUNT new entries. The deliveries, or, when nothing
-        is new, the stream's last entry id."""
+    async def run(
+        self, count: int, acks: list[str], window: Window
+    ) -> str | list[Delivery]:
+        """Ack ACKS (their bookkeeping in WINDOW done here), read up to COUNT new
+        entries. The deliveries, or, when nothing is new, the stream's last entry
+        id."""
         state = self.state
-        reply: list[Any] = await state.backbone.scripts.read.run(
-            state.redis,
-            self._keys,
-            (
-                *self._head,
-                count,
-                self._mode,
-                state.keys.payload_prefix,
-                *self._known,
-                *acks,
-            ),
-        )
+        try:
+            reply: list[Any] = await state.backbone.scripts.read.run(
+                state.redis,
+                self._keys,
+                (
+                    *self._head,
+                    count,
+                    self._mode,
+                    state.keys.payload_prefix,
+                    *self._known,
+                    *acks,
+                ),
+            )
+        except Exception as exc:
+            window.acks_failed(acks)
+            raise_if_fenced(exc)
+            raise
+        except BaseException:
+            window.acks_failed(acks)
+            raise
+        window.acks_written(acks)
         head = reply[0]
         if head is not None:
             return as_text(head)
         now = time.monotonic()
+        version_of = self.version
         deliveries: list[Delivery] = []
         for n in range(1, len(reply), 7):
-            d = Delivery(reply[n].decode(), reply[n + 3], 1, now, reply[n + 1])
-            d.only = reply[n + 2]
-            d.version = entry_version(reply[n + 6])
             values = reply[n + 4]
+            d = Delivery(
+                reply[n].decode(),
+                reply[n + 3],
+                1,
+                now,
+                reply[n + 1],
+                reply[n + 2],
+                version=version_of(reply[n + 6]),
+                done_mark=reply[n + 5] is not None,
+            )
             if isinstance(values, bytes):
                 d.fault = values.decode(errors="replace")
             else:
                 d.values = values
-            d.done_mark = reply[n + 5] is not None
             deliveries.append(d)
+        self.sealable = deliveries
         return deliveries
 
 
@@ -108,7 +146,9 @@ class Reader:
         self.state = state
         self.group = group
         self.fetcher = fetcher
-        self.script = ReadScript(state)
+        self.script: ReadScript | PipelinedRead = (
+            PipelinedRead(state) if usable(state) else ReadScript(state)
+        )
         self.keyring = Keyring.of(state.backbone)
         dispatcher = state.dispatcher
         self.codecs = {
@@ -118,6 +158,16 @@ class Reader:
         }
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        except LeaseLost as exc:
+            state = self.state
+            log.warning("%s: %s; stopping", state, exc)
+            if state.lease is not None:
+                state.lease.lose()
+            state.stopping.set()
+
+    async def _run(self) -> None:
         state = self.state
         window = state.window
         block = state.options.block
@@ -159,12 +209,7 @@ class Reader:
         # a concurrent claim cannot take the same room.
         window.reserve(count)
         try:
-            try:
-                result = await self.script.run(count, acks)
-            except BaseException:
-                window.acks_failed(acks)
-                raise
-            window.acks_written(acks)
+            result = await self.script.run(count, acks, window)
             if isinstance(result, str):
                 return result
             last = result[-1]
@@ -172,12 +217,12 @@ class Reader:
             # Personal values, opened with one read of the keyring for the batch.
             # A failure here is a lost reply: the entries are recovered (and
             # opened) through the fetcher.
-            await open_sealed(self.keyring, result, self.codecs)
+            sealable = self.script.sealable
+            if sealable:
+                await open_sealed(self.keyring, sealable, self.codecs)
         finally:
             window.release(count)
-        # An entry this consumer still holds can come again after its group was
-        # recreated: the held one finishes it (and its ack settles both).
-        window.hold([d for d in result if not window.busy(d.entry_id)])
+        window.hold_new(result)
         return None
 
     async def _wait_for_entries(self, last: str, block_ms: int) -> None:
@@ -204,6 +249,8 @@ class Reader:
         state = self.state
         try:
             result = await fn(*args)
+        except LeaseLost:
+            raise
         except Exception as exc:
             fault = classify(exc)
             if fault is Fault.BUG:
@@ -234,9 +281,14 @@ class Reader:
 
         XPENDING lists them without touching them; XCLAIM (to ourselves) counts the
         new delivery and drops entries deleted meanwhile from the pending list.
+        Holding a lease, it takes those of every consumer of the group (the
+        partition's previous holders'), with the fenced XCLAIM of lease.lua.
         """
         state = self.state
         window = state.window
+        lease = state.lease
+        # Holding a lease: every consumer's (None), else this consumer's alone.
+        consumer = None if lease is not None else state.consumer
         start = "-"
         while not state.stopping.is_set():
             free = window.free_room()
@@ -249,7 +301,7 @@ class Reader:
                 min=start,
                 max="+",
                 count=free,
-                consumername=state.consumer,
+                consumername=consumer,
             )
             if not rows:
                 return True
@@ -261,15 +313,20 @@ class Reader:
             ids: list[Any] = [i for i in counts if not window.busy(i)]
             if not ids:
                 continue
-            entries = await state.redis.xclaim(
-                state.stream, state.group, state.consumer, 0, ids
-            )
+            entries: Any
+            if lease is None:
+                entries = await state.redis.xclaim(
+                    state.stream, state.group, state.consumer, 0, ids
+                )
+            else:
+                entries = await leases.claim(state, ids)
             if entries:
                 state.stats.recovered += len(entries)
                 log.info(
-                    "%s: re-processing %d pending event(s) of this consumer",
+                    "%s: re-processing %d pending event(s) of %s",
                     state,
                     len(entries),
+                    "this consumer" if lease is None else "the group",
                 )
                 await self.fetcher.admit(cast(Any, entries), counts)
         return False

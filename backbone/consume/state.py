@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ..dispatch import Dispatcher
     from ..keys import StreamKeys
     from ..options import SubscriptionOptions
+    from .leases import Lease
 
 __all__ = ["Outage", "SubscriptionState", "SubscriptionStats", "Window"]
 
@@ -126,6 +127,19 @@ class Window:
         if holding > self.stats.max_in_flight_seen:
             self.stats.max_in_flight_seen = holding
 
+    def hold_new(self, deliveries: list[Delivery]) -> None:
+        """:meth:`hold` those of DELIVERIES that are not :meth:`busy`: an entry
+        this consumer still holds can come again after its group was recreated,
+        and the held one finishes it (its ack settles both)."""
+        held, acking = self.held, self.acking
+        if held or acking:
+            deliveries = [
+                d
+                for d in deliveries
+                if d.entry_id not in held and d.entry_id not in acking
+            ]
+        self.hold(deliveries)
+
     def drop_unstarted(self) -> None:
         """Forget the events no worker started (a stop): they stay pending."""
         while self.ready:
@@ -177,6 +191,14 @@ class Window:
         self.sending -= len(batch)
         self.acking.difference_update(batch)
         self.stats.acked += len(batch)
+        if self._waiting:
+            self._room.set()
+
+    def acks_dropped(self, batch: list[str]) -> None:
+        """Forget BATCH unwritten: the lease it needed is lost, and the events
+        stay pending for the partition's new owner."""
+        self.sending -= len(batch)
+        self.acking.difference_update(batch)
         if self._waiting:
             self._room.set()
 
@@ -245,6 +267,7 @@ class SubscriptionState:
         consumer: str,
         options: SubscriptionOptions,
         name: str,
+        lease: Lease | None = None,
     ) -> None:
         self.backbone = backbone
         self.redis: aioredis.Redis = backbone.redis
@@ -260,6 +283,9 @@ class SubscriptionState:
         self.window = Window(options.max_in_flight, self.stats)
         self.outage = Outage(name, self.stats)
         self.stopping = asyncio.Event()
+        # An ordered subscription's hold on its partition: every write checks it
+        # in Redis (backbone.consume.leases); None for any other subscription.
+        self.lease = lease
         # Set when entries may be pending with this consumer without being held:
         # at start, after a read whose reply was lost, after a failed claim.
         self.needs_recovery = not self.noack

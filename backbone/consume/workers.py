@@ -15,7 +15,13 @@ each delivery a worker decides, before any handler runs:
 
 Then it calls the handler. A failure is retried after a backoff, each retry
 counted as a delivery in Redis (``XCLAIM RETRYCOUNT``), until ``max_deliveries``
-deliveries have failed; then the event is dead-lettered ``handler-error``.
+deliveries have failed; then the event is dead-lettered ``handler-error``
+(:mod:`.retries`).
+
+Holding a partition's lease (an ordered subscription), a worker starts an
+event only while the lease is held, and counts a retry only through the fenced
+claim of lease.lua: a member that lost the partition leaves its events pending
+for the new owner.
 
 Each failed call is one log line with its traceback (WARNING while it will be
 retried; the dead letter's ERROR line for the last one), each handled event a
@@ -27,7 +33,6 @@ off, that costs one check of ``hooks.active`` per event.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Final
@@ -35,11 +40,11 @@ from typing import TYPE_CHECKING, Any, Final
 from ..deadletters import DeadLetterReason
 from ..errors import DecodeError
 from ..events import reset_current_event, set_current_event
-from ..faults import is_transient
 from ..options import AckPolicy, UnknownOperation
 from ..telemetry import hooks
 from .context import LazyContext, log_fields
 from .delivery import pairs
+from .retries import Retries
 
 if TYPE_CHECKING:
     from ..dispatch import Route
@@ -68,13 +73,25 @@ class Workers:
         self.fetcher = fetcher
         self.dead_letter = dead_letter
         self.marks = marks
+        self.retries = Retries(state, dead_letter)
         self.closing = False
         dispatcher = state.dispatcher
         self._routes = {
             name.encode(): (name, dispatcher.get(name))
             for name in dispatcher.contract.codecs
         }
-        self._ack_after_success = state.options.ack is AckPolicy.AFTER_SUCCESS
+        # The operations the handler implements, with what the common case of
+        # an event needs of each (see process).
+        self._implemented: dict[bytes, tuple[str, Route]] = {
+            op: (name, route)
+            for op, (name, route) in self._routes.items()
+            if route is not None
+        }
+        options = state.options
+        self._ack_after_success = options.ack is AckPolicy.AFTER_SUCCESS
+        self._max_deliveries = options.retry.max_deliveries
+        self._timeout = options.handler_timeout
+        self._group = state.group.encode()
 
     def close(self) -> None:
         """Let the workers end once the queue is empty."""
@@ -90,7 +107,8 @@ class Workers:
             hooks.unwatch(self.state)
 
     async def _loop(self) -> None:
-        window = self.state.window
+        state = self.state
+        window = state.window
         ready = window.ready
         handled = 0
         while True:
@@ -102,16 +120,20 @@ class Workers:
                 continue
             delivery = ready.popleft()
             try:
-                await self.process(delivery)
+                plan = self._plan(delivery)
+                if plan is None:
+                    await self.process(delivery)
+                else:
+                    await self._call(*plan)
             except (asyncio.CancelledError, SystemExit, KeyboardInterrupt):
                 raise
             except BaseException:
                 # Never let one event kill the loop; it stays pending and comes back.
                 log.exception(
                     "%s: unexpected error handling %s",
-                    self.state,
+                    state,
                     delivery.entry_id,
-                    extra=log_fields(self.state, delivery),
+                    extra=log_fields(state, delivery),
                 )
             finally:
                 window.finish(delivery)
@@ -123,8 +145,40 @@ class Workers:
     def _ack(self, d: Delivery) -> None:
         self.state.window.queue_ack(d, noack=self.state.noack)
 
+    def _plan(self, d: Delivery) -> tuple[Route, Delivery, str, list[Any]] | None:
+        """The call of D in the common case: an operation the handler
+        implements, for this group, within its deliveries, not handled yet,
+        whose payload decodes. None for any other event: :meth:`process`
+        decides about it, taking the same steps in the same order."""
+        known = self._implemented.get(d.op) if d.op is not None else None
+        if (
+            known is None
+            or d.done_mark
+            or self._exhausted(d)
+            or (d.only and d.only != self._group)
+        ):
+            return None
+        lease = self.state.lease
+        if lease is not None and not lease.held:
+            return None
+        operation, route = known
+        try:
+            args = self._decode(route, d)
+        except DecodeError:
+            return None  # dead-lettered by process, which says why
+        return route, d, operation, args
+
+    def _exhausted(self, d: Delivery) -> bool:
+        """True when D was delivered more often than max_deliveries: its
+        consumers died handling it, and it is dead-lettered without a call."""
+        return d.delivery_count > self._max_deliveries
+
     async def process(self, d: Delivery) -> None:
+        """Decide about D before its handler runs (see the module
+        documentation), then call it."""
         state = self.state
+        if state.lease is not None and not state.lease.held:
+            return  # lost: the event stays pending for the partition's new owner
         op_name = d.op
         if op_name is None and not d.fields:
             # Deleted from the stream (trimmed) while pending: nothing to handle.
@@ -170,13 +224,12 @@ class Workers:
                 "and regenerate, or subscribe with unknown_operation=SKIP",
             )
             return
-        retry = state.options.retry
-        if d.delivery_count > retry.max_deliveries:
+        if self._exhausted(d):
             await self.dead_letter(
                 d,
                 DeadLetterReason.TOO_MANY_DELIVERIES,
                 f"delivered {d.delivery_count} times (max_deliveries is "
-                f"{retry.max_deliveries}); the consumers handling it may have crashed",
+                f"{self._max_deliveries}); the consumers handling it may have crashed",
                 handler=route.handler_name,
             )
             return
@@ -192,17 +245,17 @@ class Workers:
         await self._call(route, d, operation, args)
 
     def _decode(self, route: Route, d: Delivery) -> list[Any]:
-        key = self.state.keys.payload(d.entry_id)
+        """D's arguments, or DecodeError saying why it cannot have any."""
         if d.fault is not None:
             raise DecodeError(
                 DeadLetterReason.UNREADABLE_PAYLOAD,
-                f"the payload key {key} cannot be read as a hash ({d.fault}); "
-                "something other than backbone wrote it",
+                f"the payload key {self._key(d)} cannot be read as a hash "
+                f"({d.fault}); something other than backbone wrote it",
             )
         if d.damaged is not None:
             raise DecodeError(
                 DeadLetterReason.UNDECODABLE,
-                f"a personal value of {key} cannot be opened: {d.damaged}",
+                f"a personal value of {self._key(d)} cannot be opened: {d.damaged}",
             )
         values = d.values if d.values is not None else []
         codec = route.codec
@@ -210,22 +263,27 @@ class Workers:
         if version is not None and version != codec.version:
             # Another version: VALUES is the whole hash (an older one's goes
             # through the upcasters; a newer one's is read when it fits).
-            return codec.decode(pairs(values), version, key=f"the payload hash {key}")
+            return codec.decode(
+                pairs(values), version, key=f"the payload hash {self._key(d)}"
+            )
         if values.count(None) == len(values) and codec.parameter_names:
             raise DecodeError(
                 DeadLetterReason.MISSING_PAYLOAD,
-                f"the payload hash {key} does not exist (deleted, expired or never "
-                "written)",
+                f"the payload hash {self._key(d)} does not exist (deleted, expired "
+                "or never written)",
             )
         return codec.decode_values(values)
+
+    def _key(self, d: Delivery) -> str:
+        """D's payload key (named in errors only: formatting it costs)."""
+        return self.state.keys.payload(d.entry_id)
 
     async def _call(
         self, route: Route, d: Delivery, operation: str, args: list[Any]
     ) -> None:
         state = self.state
-        retry = state.options.retry
         method = route.method
-        timeout = state.options.handler_timeout
+        timeout = self._timeout
         observer = hooks.active  # None: telemetry off
         debug = log.isEnabledFor(logging.DEBUG)
         while True:
@@ -252,47 +310,12 @@ class Workers:
                 # A handler's failure is any exception it raises, BaseException
                 # subclasses (GeneratorExit, ...) and a cancel of its own task
                 # included; only a stop's cancel ends the worker.
-                if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
-                    if state.stopping.is_set():
-                        raise  # the subscription is stopping: the event stays pending
-                    _uncancel()
-                state.stats.failed += 1
+                self.retries.own_failure(exc)
                 if handling is not None:
                     handling.failed(exc)
-                if d.delivery_count >= retry.max_deliveries:
-                    await self.dead_letter(
-                        d,
-                        DeadLetterReason.HANDLER_ERROR,
-                        exc,
-                        handler=route.handler_name,
-                    )
-                    return
-                delay = retry.backoff(d.delivery_count)
-                log.warning(
-                    "%s: %s failed on %s (%s, delivery %d of %d: %s: %s); "
-                    "retry in %.2fs",
-                    state,
-                    route.handler_name,
-                    d.entry_id,
-                    operation,
-                    d.delivery_count,
-                    retry.max_deliveries,
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                    exc_info=exc,
-                    extra=log_fields(state, d, operation, route.handler_name),
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(state.stopping.wait(), delay)
-                if state.stopping.is_set():
-                    return  # stays pending
-                if not await self._redeliver(d):
-                    return
-                state.stats.retried += 1
-                if observer is not None:
-                    observer.retried(state.stream, state.group, operation)
-                continue
+                if await self.retries.failed(route, d, operation, exc):
+                    continue
+                return
             finally:
                 reset_current_event(token)
                 if handling is not None:
@@ -305,7 +328,7 @@ class Workers:
             if self.marks is not None:
                 await self.marks.mark_done(d)
             if self._ack_after_success and not d.acked:
-                self._ack(d)
+                state.window.queue_ack(d, noack=state.noack)
             return
 
     def _log_handled(
@@ -322,54 +345,3 @@ class Workers:
             seconds * 1000,
             extra=extra,
         )
-
-    async def _redeliver(self, d: Delivery) -> bool:
-        """Count a retry as a delivery in Redis (XCLAIM RETRYCOUNT), so the count
-        survives a crash. False when the entry is gone from the pending list."""
-        state = self.state
-        if state.noack:
-            d.delivery_count += 1
-            return True
-        next_count = d.delivery_count + 1
-        while not state.stopping.is_set():
-            try:
-                claimed = await state.redis.xclaim(
-                    state.stream,
-                    state.group,
-                    state.consumer,
-                    0,
-                    [d.entry_id],
-                    retrycount=next_count,
-                    justid=True,
-                )
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                await state.outage.wait(exc)
-                continue
-            if not claimed:
-                log.info(
-                    "%s: %s is no longer pending (acked elsewhere or trimmed); "
-                    "not retrying it",
-                    state,
-                    d.entry_id,
-                    extra=log_fields(state, d),
-                )
-                return False
-            d.delivery_count = next_count
-            d.touched = time.monotonic()
-            return True
-        return False
-
-
-def _being_cancelled() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
-def _uncancel() -> None:
-    """Forget a cancel the handler made of its own task (not a stop's)."""
-    task = asyncio.current_task()
-    if task is not None:
-        while task.cancelling():
-            task.uncancel()
