@@ -14,7 +14,19 @@ from typing import Any
 
 from rich.console import Console
 
-from . import archive, consumer, latency, memory, producer, report, store
+from . import (
+    archive,
+    baselines,
+    consumer,
+    latency,
+    memory,
+    processes,
+    producer,
+    report,
+    scaling,
+    sizes,
+    store,
+)
 from .common import Section, Settings
 from .machine import machine_info
 from .server import BenchServer, ServerUnavailable, open_server
@@ -26,6 +38,13 @@ SECTIONS: dict[str, Callable[[BenchServer, Settings], Awaitable[Section]]] = {
     "memory": memory.run,
     "store": store.run,
     "archive": archive.run,
+    "baselines": baselines.run,
+    "sizes": sizes.run,
+    "processes": processes.run,
+}
+# Run only when named with --only: they start servers of their own (clusters).
+OPT_IN: dict[str, Callable[[BenchServer, Settings], Awaitable[Section]]] = {
+    "scaling": scaling.run,
 }
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results"
 
@@ -35,8 +54,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m benchmarks",
         description=(
             "Measure backbone's producer and consumer throughput, end-to-end "
-            "latency and memory per event against a hand-written redis.asyncio "
-            "loop, FastStream and the server's ceiling, all on one redis-server."
+            "latency and memory per event against hand-written redis.asyncio "
+            "and raw hiredis baselines, FastStream and the server's ceiling, "
+            "all on one redis-server."
         ),
     )
     parser.add_argument(
@@ -47,9 +67,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         action="append",
-        choices=list(SECTIONS),
+        choices=[*SECTIONS, *OPT_IN],
         metavar="SECTION",
-        help="run only this section (repeatable): " + ", ".join(SECTIONS),
+        help="run only this section (repeatable): "
+        + ", ".join(SECTIONS)
+        + "; only when named: "
+        + ", ".join(OPT_IN)
+        + " (local Redis Clusters, 1 master vs 3)",
     )
     parser.add_argument(
         "--redis-url",
@@ -85,7 +109,7 @@ async def run_sections(
     for name in names:
         console.print(f"[bold]{name}[/] ...", highlight=False)
         started = time.perf_counter()
-        section = await SECTIONS[name](server, settings)
+        section = await {**SECTIONS, **OPT_IN}[name](server, settings)
         section.seconds = time.perf_counter() - started
         console.print(f"  done in {section.seconds:.1f} s", highlight=False)
         sections[name] = section
@@ -98,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 180)
     settings = Settings.make(quick=args.quick, events=args.events)
     names = [n for n in SECTIONS if not args.only or n in args.only]
+    names += [n for n in OPT_IN if args.only and n in args.only]
     started = time.perf_counter()
     try:
         with open_server(args.redis_url) as server:
@@ -111,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[red]cannot benchmark: {exc}[/]")
         return 2
     targets = report.evaluate_targets(sections)
-    all_tables = report.tables(sections, targets)
+    against = report.evaluate_baselines(sections)
+    all_tables = report.tables(sections, targets, against)
     console.print()
     for table in all_tables:
         report.render(console, table)
@@ -122,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine,
         "sections": {name: s.as_dict() for name, s in sections.items()},
         "targets": [t.as_dict() for t in targets],
+        "baseline_targets": [t.as_dict() for t in against],
         "duration_seconds": time.perf_counter() - started,
     }
     json_path, md_path = report.write(args.output, data, all_tables)

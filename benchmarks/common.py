@@ -30,7 +30,9 @@ __all__ = [
     "EMAIL",
     "PRODUCT_ID",
     "Comparison",
+    "EntryIds",
     "Measurement",
+    "Run",
     "Section",
     "Settings",
     "decode_field",
@@ -38,9 +40,13 @@ __all__ = [
     "fresh_gc",
     "hand_fields",
     "hand_meta",
+    "hand_values",
     "identity",
+    "interleave",
+    "measurement",
     "order_placed_args",
     "packing_args",
+    "padded_email",
     "write_batches",
 ]
 
@@ -121,6 +127,51 @@ def hand_fields(email: str, product_id: int, time_: dt.datetime) -> list[bytes]:
     ]
 
 
+def hand_values(email: str, product_id: int, time_: dt.datetime) -> list[bytes]:
+    """The payload values alone, in parameter order (what HMGET reads back)."""
+    pack = _PACKER.pack
+    return [pack(email), pack(product_id), pack(time_)]
+
+
+def padded_email(size: int) -> str:
+    """An ``email`` argument long enough that the packing event's three encoded
+    payload values take SIZE bytes (at least the unpadded event's)."""
+    base = sum(len(v) for v in hand_values(EMAIL, PRODUCT_ID, event_time()))
+    pad = max(0, size - base)
+    for _ in range(3):  # the string's msgpack header grows with its length
+        text = "x" * pad + EMAIL
+        total = sum(len(v) for v in hand_values(text, PRODUCT_ID, event_time()))
+        if total == size or pad == 0:
+            break
+        pad = max(0, pad - (total - size))
+    return "x" * pad + EMAIL
+
+
+class EntryIds:
+    """Explicit, increasing stream entry ids (``<ms>-<seq>``) made by the client,
+    so that a MULTI/EXEC transaction can name each payload hash by its entry id
+    (backbone's layout) without reading XADD's answer first. One writer per
+    stream only: ids made by two writers could reach Redis out of order."""
+
+    def __init__(self) -> None:
+        self.ms = 0
+        self.seq = 0
+
+    def after(self, entry_id: bytes | str) -> None:
+        """Make the next id come after ENTRY_ID (the stream's last entry)."""
+        text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        ms, _, seq = text.partition("-")
+        self.ms, self.seq = max(self.ms, int(ms)), int(seq or 0)
+
+    def next(self) -> str:
+        now = time.time_ns() // 1_000_000
+        if now > self.ms:
+            self.ms, self.seq = now, 0
+        else:
+            self.seq += 1
+        return f"{self.ms}-{self.seq}"
+
+
 def hand_meta(operation: str, producer: str) -> list[bytes | str]:
     """The stream-entry metadata backbone writes: o, v, c, t, p."""
     return [
@@ -163,6 +214,13 @@ class Settings:
     store_events: int = 100_000
     archive_events: int = 50_000
     archive_row_by_row: int = 5_000
+    per_call_events: int = 10_000
+    concurrency_events: int = 30_000
+    size_events: int = 20_000
+    size_budget_bytes: int = 100_000_000
+    payload_sizes: tuple[int, ...] = (200, 2_000, 20_000)
+    process_counts: tuple[int, ...] = (1, 2, 4)
+    process_events: int = 100_000
 
     @classmethod
     def make(cls, *, quick: bool, events: int | None) -> Settings:
@@ -178,6 +236,10 @@ class Settings:
                 store_events=2_000,
                 archive_events=2_000,
                 archive_row_by_row=500,
+                per_call_events=300,
+                concurrency_events=2_000,
+                size_events=300,
+                process_events=2_000,
             )
         else:
             base = cls()
@@ -305,3 +367,36 @@ async def wait_until(
         if time.monotonic() > deadline:
             return False
         await asyncio.sleep(poll)
+
+
+@dataclasses.dataclass(slots=True)
+class Run:
+    """One timed run of a variant: its seconds, and the duration of each call
+    when the variant times its calls one by one."""
+
+    seconds: float
+    latencies: list[float] = dataclasses.field(default_factory=list)
+
+
+async def interleave(
+    settings: Settings, variants: Sequence[tuple[str, Callable[[], Awaitable[Run]]]]
+) -> dict[str, list[Run]]:
+    """Runs of each of VARIANTS in interleaved rounds (A, B, C, then A, B, C
+    again), so that a noisy moment of the machine hits them all alike; more
+    rounds while the quickest variant takes under ``repeat_below_seconds``."""
+    runs: dict[str, list[Run]] = {name: [] for name, _ in variants}
+    for name, once in variants:
+        runs[name].append(await once())
+    quickest = min(r[0].seconds for r in runs.values())
+    for _ in range(repeat_count(settings, quickest)):
+        for name, once in variants:
+            runs[name].append(await once())
+    return runs
+
+
+def measurement(
+    name: str, events: int, runs: list[Run], group: str = ""
+) -> Measurement:
+    """The Measurement of a variant's RUNS: its best run, all runs kept."""
+    seconds = [r.seconds for r in runs]
+    return Measurement(name, events, min(seconds), group=group, runs=seconds)

@@ -41,7 +41,7 @@ from .common import (
 )
 from .server import BenchServer
 
-__all__ = ["CountingHandler", "run"]
+__all__ = ["CountingHandler", "backbone_consume", "drained", "prewrite", "run"]
 
 BB_DEFAULT = "backbone subscription (default options)"
 BB_WIDE = "backbone subscription (max_in_flight=1000)"
@@ -90,7 +90,7 @@ async def _pending(client: aioredis.Redis, stream: str, group: str) -> int:
     return int(summary["pending"])
 
 
-async def _drained(
+async def drained(
     client: aioredis.Redis, stream: str, group: str, timeout: float
 ) -> None:
     deadline = time.monotonic() + timeout
@@ -125,7 +125,7 @@ async def backbone_consume(
         options=options,
     ):
         await asyncio.wait_for(handler.done.wait(), timeout)
-        await _drained(client, stream, group, timeout)
+        await drained(client, stream, group, timeout)
         elapsed = time.perf_counter() - started
     if handler.count != events:
         raise RuntimeError(f"backbone handled {handler.count} of {events} events")
@@ -172,7 +172,7 @@ async def hand_consume(
                     decode_field(payload[b"time"]),
                 )
         await client.xack(stream, group, *(entry_id for entry_id, _ in entries))
-    await _drained(client, stream, group, timeout)
+    await drained(client, stream, group, timeout)
     return time.perf_counter() - started
 
 

@@ -21,6 +21,7 @@ from contracts.shipment_tracking_gen import (
 from . import faststream_side as fs
 from .common import (
     Comparison,
+    EntryIds,
     Measurement,
     Section,
     Settings,
@@ -65,24 +66,6 @@ async def _concurrent(
     await asyncio.gather(*(_single(call, n) for n in counts if n))
 
 
-class _EntryIds:
-    """Explicit, increasing stream entry ids (``<ms>-<seq>``) made by the client,
-    so that a MULTI/EXEC pipeline can name each payload hash by its entry id
-    (backbone's layout) without reading XADD's answer first."""
-
-    def __init__(self) -> None:
-        self.ms = 0
-        self.seq = 0
-
-    def next(self) -> str:
-        now = time.time_ns() // 1_000_000
-        if now > self.ms:
-            self.ms, self.seq = now, 0
-        else:
-            self.seq += 1
-        return f"{self.ms}-{self.seq}"
-
-
 async def hand_written(
     client: aioredis.Redis,
     stream: str,
@@ -93,7 +76,7 @@ async def hand_written(
 ) -> None:
     """Per event HSET <payload key> + XADD <stream> with backbone's metadata fields
     and msgpack values, in MULTI/EXEC pipelines of BATCH events."""
-    ids = _EntryIds()
+    ids = EntryIds()
     email, product_id, time_ = packing_args()
     left = events
     while left > 0:

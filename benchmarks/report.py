@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,41 +10,24 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table as RichTable
 
+from . import scaling, versus
 from .common import Section
+from .tables import Table, Target, comparisons, figure
+from .tables import num as _num
+from .tables import pct as _pct
+from .tables import times as _x
 
-__all__ = ["Table", "Target", "evaluate_targets", "render", "tables", "write"]
+__all__ = [
+    "Table",
+    "Target",
+    "evaluate_baselines",
+    "evaluate_targets",
+    "render",
+    "tables",
+    "write",
+]
 
-
-@dataclasses.dataclass(slots=True)
-class Table:
-    """A titled table of text cells, rendered both with rich and as Markdown."""
-
-    title: str
-    columns: list[str]
-    rows: list[list[str]] = dataclasses.field(default_factory=list)
-    notes: list[str] = dataclasses.field(default_factory=list)
-    right: set[int] = dataclasses.field(default_factory=set)
-
-
-def _num(value: float | None, digits: int = 0) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:,.{digits}f}"
-
-
-def _x(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}x"
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value * 100:.0f}%"
-
-
-def _comparisons(section: Section) -> Table:
-    table = Table(f"{section.title}: ratios", ["comparison", "value"], right={1})
-    for c in section.comparisons:
-        table.rows.append([c.label, c.text()])
-    return table
+evaluate_baselines = versus.evaluate
 
 
 def _producer(section: Section) -> list[Table]:
@@ -80,7 +61,7 @@ def _producer(section: Section) -> list[Table]:
         if row["note"]:
             table.notes.append(f"{row['name']}: {row['note']}")
     table.notes += section.notes
-    return [table, _comparisons(section)]
+    return [table, comparisons(section)]
 
 
 def _consumer(section: Section) -> list[Table]:
@@ -102,7 +83,7 @@ def _consumer(section: Section) -> list[Table]:
         if row["note"]:
             table.notes.append(f"{row['name']}: {row['note']}")
     table.notes += section.notes
-    return [table, _comparisons(section)]
+    return [table, comparisons(section)]
 
 
 def _latency(section: Section) -> list[Table]:
@@ -142,7 +123,7 @@ def _memory(section: Section) -> list[Table]:
             ]
         )
     table.notes += section.notes
-    return [table, _comparisons(section)]
+    return [table, comparisons(section)]
 
 
 def _store(section: Section) -> list[Table]:
@@ -160,7 +141,7 @@ def _store(section: Section) -> list[Table]:
             ]
         )
     table.notes += section.notes
-    return [table, _comparisons(section)]
+    return [table, comparisons(section)]
 
 
 def _archive(section: Section) -> list[Table]:
@@ -180,7 +161,7 @@ def _archive(section: Section) -> list[Table]:
             ]
         )
     table.notes += section.notes
-    return [table, _comparisons(section)]
+    return [table, comparisons(section)]
 
 
 _RENDERERS: dict[str, Callable[[Section], list[Table]]] = {
@@ -190,72 +171,12 @@ _RENDERERS: dict[str, Callable[[Section], list[Table]]] = {
     "memory": _memory,
     "store": _store,
     "archive": _archive,
+    **versus.RENDERERS,
+    "scaling": scaling.tables,
 }
 
 
 # --- targets ---------------------------------------------------------------------
-
-
-@dataclasses.dataclass(slots=True)
-class Target:
-    """One goal: ACTUAL compared with LIMIT (at least, or at most)."""
-
-    name: str
-    requirement: str
-    actual: float | None
-    limit: float
-    at_least: bool
-    unit: str
-    basis: str
-
-    @property
-    def met(self) -> bool | None:
-        if self.actual is None:
-            return None
-        return self.actual >= self.limit if self.at_least else self.actual <= self.limit
-
-    def show(self, value: float) -> str:
-        if self.unit == "%":
-            return f"{value * 100:.0f}%"
-        if self.unit == "ms":
-            return f"{value:.3f} ms"
-        return f"{value:.2f}x"
-
-    def miss(self) -> str:
-        if self.actual is None:
-            return "not measured"
-        if self.met:
-            return ""
-        if self.at_least:
-            factor = self.limit / self.actual if self.actual > 0 else math.inf
-            return (
-                f"short by {self.show(self.limit - self.actual)}: needs "
-                f"{factor:.2f}x the current figure"
-            )
-        over = self.actual - self.limit
-        return f"over by {self.show(over)}: must fall by {over / self.actual:.0%}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "requirement": self.requirement,
-            "actual": self.actual,
-            "limit": self.limit,
-            "unit": self.unit,
-            "basis": self.basis,
-            "met": self.met,
-            "miss": self.miss(),
-        }
-
-
-def _figure(sections: dict[str, Section], section: str, key: str) -> float | None:
-    s = sections.get(section)
-    if s is None:
-        return None
-    value = s.figures.get(key)
-    if value is None or math.isnan(value):
-        return None
-    return value
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -263,15 +184,15 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def evaluate_targets(sections: dict[str, Section]) -> list[Target]:
-    p_best = _figure(sections, "producer", "backbone_best")
-    p_hand = _figure(sections, "producer", "hand_written")
-    p_ceiling = _figure(sections, "producer", "server_ceiling")
-    c_best = _figure(sections, "consumer", "backbone_best")
-    c_hand = _figure(sections, "consumer", "hand_written")
+    p_best = figure(sections, "producer", "backbone_best")
+    p_hand = figure(sections, "producer", "hand_written")
+    p_ceiling = figure(sections, "producer", "server_ceiling")
+    c_best = figure(sections, "consumer", "backbone_best")
+    c_hand = figure(sections, "consumer", "hand_written")
     modes = {
-        "one await per call": _figure(sections, "producer", "backbone_single"),
-        "concurrent calls": _figure(sections, "producer", "backbone_concurrent"),
-        "explicit batch": _figure(sections, "producer", "backbone_batch"),
+        "one await per call": figure(sections, "producer", "backbone_single"),
+        "concurrent calls": figure(sections, "producer", "backbone_concurrent"),
+        "explicit batch": figure(sections, "producer", "backbone_batch"),
     }
     measured = {k: v for k, v in modes.items() if v is not None}
     best_mode = (
@@ -280,8 +201,8 @@ def evaluate_targets(sections: dict[str, Section]) -> list[Target]:
         else "producer not run"
     )
     consumers = {
-        "default options": _figure(sections, "consumer", "backbone_default"),
-        "max_in_flight=1000": _figure(
+        "default options": figure(sections, "consumer", "backbone_default"),
+        "max_in_flight=1000": figure(
             sections, "consumer", "backbone_max_in_flight_1000"
         ),
     }
@@ -322,7 +243,7 @@ def evaluate_targets(sections: dict[str, Section]) -> list[Target]:
         Target(
             "end-to-end p99",
             "<= 2 ms at 1,000 events/s",
-            _figure(sections, "latency", "p99_ms"),
+            figure(sections, "latency", "p99_ms"),
             2.0,
             False,
             "ms",
@@ -331,7 +252,7 @@ def evaluate_targets(sections: dict[str, Section]) -> list[Target]:
         Target(
             "memory per event",
             "<= 1.3x the inline layout",
-            _figure(sections, "memory", "ratio"),
+            figure(sections, "memory", "ratio"),
             1.3,
             False,
             "x",
@@ -340,9 +261,9 @@ def evaluate_targets(sections: dict[str, Section]) -> list[Target]:
     ]
 
 
-def _targets_table(targets: Sequence[Target]) -> Table:
+def _targets_table(targets: Sequence[Target], title: str = "Targets") -> Table:
     table = Table(
-        "Targets", ["target", "requirement", "actual", "met", "missed by", "basis"]
+        title, ["target", "requirement", "actual", "met", "missed by", "basis"]
     )
     for t in targets:
         met = t.met
@@ -359,11 +280,27 @@ def _targets_table(targets: Sequence[Target]) -> Table:
     return table
 
 
-def tables(sections: dict[str, Section], targets: Sequence[Target]) -> list[Table]:
+def tables(
+    sections: dict[str, Section],
+    targets: Sequence[Target],
+    against: Sequence[Target] = (),
+) -> list[Table]:
+    """Every section's tables, the targets, and (AGAINST, from
+    :func:`benchmarks.versus.evaluate`) the targets set against the strongest
+    hand-written baselines."""
     out: list[Table] = []
     for name, section in sections.items():
         out += _RENDERERS[name](section)
     out.append(_targets_table(targets))
+    if against:
+        table = _targets_table(
+            against, "Targets against the strongest hand-written baselines"
+        )
+        table.notes.append(
+            "each actual is backbone / the best raw baseline of the same work "
+            "(or a time): above 1.00x backbone is faster"
+        )
+        out.append(table)
     return out
 
 

@@ -20,7 +20,17 @@ import pytest
 from conftest import IN_CI
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("producer", "consumer", "latency", "memory", "store", "archive")
+SECTIONS = (
+    "producer",
+    "consumer",
+    "latency",
+    "memory",
+    "store",
+    "archive",
+    "baselines",
+    "sizes",
+    "processes",
+)
 
 # Figures each section must report as numbers (others may be None when an
 # optional tool, e.g. FastStream or redis-cli, is not installed).
@@ -47,6 +57,36 @@ REQUIRED = {
         "publish_single_per_s",
         "append_batch_per_s",
         "publish_batch_per_s",
+    ),
+    "baselines": (
+        "backbone_single",
+        "backbone_single_p50_ms",
+        "backbone_single_p99_ms",
+        "raw_multi",
+        "raw_multi_p99_ms",
+        "asyncio_multi",
+        "sync_multi",
+        "backbone_batch",
+        "raw_lua_batch",
+        "backbone_concurrent",
+        "raw_group_commit",
+        "backbone_subscription_default",
+        "raw_xreadgroup_hmget",
+        "raw_lua_read",
+    ),
+    "sizes": (
+        "backbone_batch_200",
+        "raw_lua_batch_200",
+        "backbone_batch_20000",
+        "raw_lua_batch_20000",
+        "backbone_subscription_20000",
+        "raw_consumer_best_20000",
+    ),
+    "processes": (
+        "backbone_x1",
+        "backbone_x4",
+        "raw_xreadgroup_hmget_x4",
+        "raw_lua_read_x4",
     ),
     # None only without a reachable PostgreSQL (never under CI=true)
     "archive": (
@@ -133,5 +173,12 @@ def test_quick_run_reports_every_section(
             assert "ceiling" in target["name"], target
             assert shutil.which("redis-cli") is None, target
             continue
+        assert is_number(target["actual"]), target
+        assert isinstance(target["met"], bool), target
+
+    # Backbone / the strongest hand-written baseline, one per goal.
+    against = report["baseline_targets"]
+    assert len(against) == 9
+    for target in against:
         assert is_number(target["actual"]), target
         assert isinstance(target["met"], bool), target
