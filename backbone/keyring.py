@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from .errors import ConfigurationError, PublishError
 from .keys import EnvironmentKeys
 from .retrying import until_answered
-from .scripts import Script
+from .script import Script
 from .sealing import (
     ERASED_VALUE,
     KEY_SIZE,

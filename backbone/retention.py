@@ -40,7 +40,7 @@ from .retention_policy import (
 if TYPE_CHECKING:
     from .connection import Backbone
     from .keys import StreamKeys
-    from .scripts import TrimHold, TrimReply
+    from .trim_script import TrimHold, TrimReply
 
 __all__ = [
     "DURATION_FORMS",

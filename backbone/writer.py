@@ -2,7 +2,7 @@
 never written twice.
 
 Each attempt is one ``EVALSHA`` of ``lua/publish.lua`` (through
-:class:`~backbone.scripts.PublishScript`) carrying the batch's number. A lost
+:class:`~backbone.write_scripts.PublishScript`) carrying the batch's number. A lost
 connection is retried until ``publish_timeout``; a retried batch carries the same
 number, and the script answers with the entries the first attempt wrote. Numbers
 only grow, so an attempt that reaches Redis after a later batch was recorded
@@ -23,8 +23,8 @@ from .direct import run_script
 from .errors import PublishError, ReplicationTimeout
 from .events import F_CONTRACT, F_OPERATION, F_PRODUCER, F_VERSION, EventId
 from .retrying import until_answered
-from .scripts import PublishReply, PublishStatus
 from .versions import record_marks, refuse_retired, warn_deprecated
+from .write_scripts import PublishReply, PublishStatus
 
 if TYPE_CHECKING:
     from .codec import OperationCodec

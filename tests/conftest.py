@@ -43,7 +43,7 @@ import pytest
 import redis
 
 import backbone
-from backbone.scripts import Script
+from backbone.script import Script
 from cluster import LocalCluster
 from proxy import FlakyProxy
 from slot_monitor import monitoring, strays

@@ -36,7 +36,7 @@ from backbone.archive.reader import ArchiveReadScript
 from backbone.deadletters import DeadLetters
 from backbone.events import as_text
 from backbone.retention import trim
-from backbone.scripts import Script
+from backbone.script import Script
 from cluster import LocalCluster
 from conftest import drop_environment, eventually, shipped
 from contracts.shipment_tracking_gen import shipment_tracking_producer

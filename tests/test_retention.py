@@ -17,7 +17,7 @@ import redis.exceptions
 import backbone
 from backbone.retainer import Retainer
 from backbone.retention import parse_duration
-from backbone.scripts import TrimReply, TrimScript
+from backbone.trim_script import TrimReply, TrimScript
 from conftest import RedisServer, eventually, free_port
 from contracts.shipment_tracking_gen import (
     ShipmentTrackingDispatcher,

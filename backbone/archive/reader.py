@@ -28,7 +28,7 @@ import redis.exceptions as rex
 
 from ..events import F_CONTRACT, F_OPERATION, F_REDRIVE_GROUP, as_text
 from ..faults import Fault, classify
-from ..scripts import Script
+from ..script import Script
 from .deadletter import dead_letter
 from .mapper import Rejected, map_entry
 from .state import Item

@@ -27,8 +27,8 @@ from ..errors import (
 )
 from ..events import EventId
 from ..retrying import until_answered
-from ..scripts import AppendReply, AppendStatus
 from ..versions import refuse_retired, warn_deprecated
+from ..write_scripts import AppendReply, AppendStatus
 from ..writer import Item, Writer
 from .expected import ExpectedVersion, wire
 
