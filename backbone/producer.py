@@ -1,9 +1,9 @@
 """Publishing events: validate, encode, append payload hash + stream entry atomically.
 
 Calls that arrive while a round trip is under way are coalesced into the next
-one (group commit: no added latency for a lone caller, one script call for many
-concurrent ones). Each round trip is one ``EVALSHA`` of ``lua/publish.lua``,
-which writes every event of the batch or none of them.
+one (group commit, :mod:`backbone.group_commit`). Each round trip is one
+``EVALSHA`` of ``lua/publish.lua``, which writes every event of the batch or none
+of them.
 
 A lost connection is retried until ``publish_timeout``; a retried batch carries
 the same batch number, and the script returns the entries the first attempt
@@ -21,7 +21,6 @@ it).
 from __future__ import annotations
 
 import asyncio
-import collections
 import copy
 import itertools
 import logging
@@ -44,6 +43,7 @@ from .events import (
     EventId,
     current_event,
 )
+from .group_commit import GroupCommit, one_by_one
 from .keyring import Keyring, aggregate_only, seal_items
 from .partitions import agree, check_count, check_named, key_text, partition_for
 from .producer_options import ProducerOptions, default_identity
@@ -91,21 +91,21 @@ class Producer:
         direct = backbone.direct is not None and not self.options.min_replicas
         slots = self.options.pipeline if direct else 1
         marked: set[OperationCodec] = set()
-        self._writers = [
-            Writer(backbone, keys, self.identity, self.options, contract, marked)
-            for _ in range(slots)
-        ]
+        self._commit = GroupCommit(
+            [
+                Writer(backbone, keys, self.identity, self.options, contract, marked)
+                for _ in range(slots)
+            ],
+            lambda items, writer: self._send(items, writer=writer),
+            self.options,
+            self._stream,
+        )
         # The steps a first write awaits (the partition count, version marks)
         # run one caller at a time, so that calls are still sent in the order
         # they were made: after them, nothing waits before the write itself.
         self._setup = asyncio.Lock()
-        self._writer = self._writers[0]
-        self._idle = list(reversed(self._writers))
-        self._freed = asyncio.Event()
-        self._sending: set[asyncio.Task[None]] = set()
+        self._writer = self._commit.writers[0]
         self._keyring = Keyring.of(backbone)
-        self._pending: collections.deque[Item] = collections.deque()
-        self._flusher: asyncio.Task[None] | None = None
         self._closed = False
         # A producer of one named partition (``orders#3``) writes there only,
         # once the recorded count shows that partition exists; a lane of a
@@ -162,19 +162,7 @@ class Producer:
             raise PublishError(f"producer for {self._stream} is closed")
         if self._named is not None and self.keys.partition is not None:
             self._check_keys([item], self._named)  # before it joins a batch
-        if self._idle and not self._pending:
-            # A writer is free and nobody waits: send this event now, from the
-            # caller's task.
-            writer = self._idle.pop()
-            try:
-                ids = await self._send([item], writer=writer)
-            finally:
-                self._give(writer)
-            return ids[0]
-        item.future = asyncio.get_running_loop().create_future()
-        self._pending.append(item)
-        self._kick()
-        return await item.future
+        return await self._commit.publish(item)
 
     async def publish_many(
         self, calls: Sequence[tuple[OperationCodec, Sequence[Any]]]
@@ -278,24 +266,18 @@ class Producer:
             lane = self._lanes[self._partition_of(items)]
             await self._agree(len(items))
             return await lane._write_atomic(items)
-        writer = await self._take()
+        writer = await self._commit.take()
         try:
             return await self._send(items, atomic=True, writer=writer)
         finally:
-            self._give(writer)
+            self._commit.give(writer)
 
     async def close(self) -> None:
         """Wait for queued events to be written, then refuse new ones."""
         self._closed = True
         for lane in self._lanes or ():
             await lane.close()
-        while (self._flusher is not None and not self._flusher.done()) or (
-            self._sending
-        ):
-            if self._flusher is not None and not self._flusher.done():
-                await asyncio.shield(self._flusher)
-            if self._sending:
-                await asyncio.wait(set(self._sending))
+        await self._commit.drain()
 
     def _check_atomic_size(self, size: int) -> None:
         if size > self.options.max_atomic_batch:
@@ -314,74 +296,6 @@ class Producer:
             return ()
         cause_id = str(cause.event_id)
         return (F_CORRELATION, cause.correlation_id or cause_id, F_CAUSATION, cause_id)
-
-    async def _take(self) -> Writer:
-        """A free writer (a batch slot), waiting for one."""
-        while not self._idle:
-            self._freed.clear()
-            await self._freed.wait()
-        return self._idle.pop()
-
-    def _give(self, writer: Writer) -> None:
-        self._idle.append(writer)
-        self._freed.set()
-        self._kick()
-
-    def _kick(self) -> None:
-        if self._pending and (self._flusher is None or self._flusher.done()):
-            self._flusher = asyncio.get_running_loop().create_task(
-                self._flush(), name=f"backbone-producer:{self._stream}"
-            )
-
-    async def _flush(self) -> None:
-        """Send what callers queued, in batches of up to ``max_batch``, one per
-        free writer: with several writers a batch goes out while the previous
-        ones are still in flight."""
-        linger = self.options.linger
-        loop = asyncio.get_running_loop()
-        while self._pending:
-            if linger and len(self._pending) < self.options.max_batch:
-                await asyncio.sleep(linger)
-            writer = await self._take()
-            batch: list[Item] = []
-            while self._pending and len(batch) < self.options.max_batch:
-                batch.append(self._pending.popleft())
-            if not batch:
-                self._give(writer)
-                return
-            task = loop.create_task(self._send_batch(batch, writer))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
-
-    async def _send_batch(self, batch: list[Item], writer: Writer) -> None:
-        """Send BATCH with WRITER and settle its callers' futures."""
-        try:
-            ids = await self._send(batch, writer=writer)
-        except ReplicationTimeout as exc:
-            for item, event_id in zip(batch, exc.event_ids, strict=True):
-                if item.future is not None and not item.future.done():
-                    item.future.set_exception(
-                        ReplicationTimeout(str(exc), [event_id], exc.replicas)
-                    )
-            return
-        except BaseException as exc:
-            for item in batch:
-                if item.future is not None and not item.future.done():
-                    item.future.set_exception(
-                        exc
-                        if isinstance(exc, Exception)
-                        else PublishError(
-                            f"publishing was interrupted ({type(exc).__name__})"
-                        )
-                    )
-            if not isinstance(exc, Exception):
-                raise
-            return
-        finally:
-            self._give(writer)
-        for item, event_id in zip(batch, ids, strict=True):
-            if item.future is not None and not item.future.done():
-                item.future.set_result(event_id)
 
     async def _send(
         self, items: list[Item], *, writer: Writer, atomic: bool = False
@@ -443,35 +357,12 @@ class Producer:
             return await writer.write(items)
         except (BatchRefused, RetiredVersionError):
             if len(items) > 1 and not atomic:
-                return await self._send_one_by_one(items, writer)
+                return await one_by_one(
+                    items,
+                    lambda one: self._send(one, atomic=True, writer=writer),
+                    self._stream,
+                )
             raise
-
-    async def _send_one_by_one(
-        self, items: list[Item], writer: Writer
-    ) -> list[EventId]:
-        """After Redis refused a whole batch, send its events one at a time, so
-        that only the refused ones fail. Each caller learns its outcome as soon
-        as it is known; when Redis becomes unreachable, the events not sent yet
-        fail with that error (those already written keep their ids)."""
-        results: list[EventId] = []
-        for index, item in enumerate(items):
-            try:
-                (event_id,) = await self._send([item], atomic=True, writer=writer)
-            except PublishError as exc:
-                if item.future is None:
-                    raise
-                item.future.set_exception(exc)
-                results.append(EventId(self._stream, "0-0"))
-                continue
-            except Exception as exc:
-                for rest in items[index:]:
-                    if rest.future is not None and not rest.future.done():
-                        rest.future.set_exception(exc)
-                raise
-            if item.future is not None and not item.future.done():
-                item.future.set_result(event_id)
-            results.append(event_id)
-        return results
 
 
 class Batch:
