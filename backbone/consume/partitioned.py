@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from ..errors import ConfigurationError
@@ -364,22 +362,6 @@ class PartitionedSubscription(Subscription):
                 delay = min(delay * 2, 2.0)
 
     @property
-    def completion(self) -> asyncio.Future[None]:
-        """Done when every partition's subscription has stopped (raises if one
-        failed: then the others were stopped)."""
-        if self._completion is None:
-            raise RuntimeError(f"{self} was not started; await its start() first")
-        return asyncio.shield(self._completion)
-
-    @property
-    def started(self) -> bool:
-        return self._task is not None
-
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
-
-    @property
     def in_flight(self) -> int:
         """Events read and not yet finished and acknowledged, all partitions."""
         return sum(s.in_flight for s in self._parts.subscriptions)
@@ -406,15 +388,6 @@ class PartitionedSubscription(Subscription):
             # Called by a handler: waiting here would wait for this handler.
             return
         await asyncio.shield(self._task)
-
-    def stop_on_signals(
-        self, signals: Iterable[signal.Signals] = (signal.SIGTERM, signal.SIGINT)
-    ) -> None:
-        SignalStops.of(asyncio.get_running_loop()).add(self, signals)
-
-    def on_signal(self, sig: signal.Signals) -> None:
-        log.info("%s: %s received, stopping", self, sig.name)
-        self._request_stop()
 
     def _request_stop(self) -> None:
         self._stop_asked = True
