@@ -222,7 +222,9 @@ class LocalCluster:
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Until every running node says the cluster is ok, every master that
-        should have replicas has them, and no slot is being moved."""
+        should have replicas has them, every replica has finished its sync with
+        its master (one that never did is not promoted when its master dies, and
+        the cluster stays down), and no slot is being moved."""
         deadline = time.monotonic() + timeout
         while True:
             states = [
@@ -232,15 +234,29 @@ class LocalCluster:
             ]
             if states and all("cluster_state:ok" in s for s in states):
                 masters = self.master_nodes()
-                if len(masters) == self.masters and all(
-                    len(self.replicas_of(m)) >= min(self.replicas, 1)
-                    for m in masters
-                    if self._expects_replica(m)
+                if (
+                    len(masters) == self.masters
+                    and all(
+                        len(self.replicas_of(m)) >= min(self.replicas, 1)
+                        for m in masters
+                        if self._expects_replica(m)
+                    )
+                    and self._replicating()
                 ):
                     return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the cluster is not healthy: {states}")
             time.sleep(0.1)  # polling the cluster's state
+
+    def _replicating(self) -> bool:
+        """True when every running replica's link to its master is up."""
+        for node in self.nodes:
+            if not node.running:
+                continue
+            info = _command(node.port, "INFO", "replication", timeout=1.0)
+            if "role:slave" in info and "master_link_status:up" not in info:
+                return False
+        return True
 
     def _expects_replica(self, master: ClusterNode) -> bool:
         running = sum(1 for node in self.nodes if node.running)

@@ -3,14 +3,13 @@ Cluster (3 masters, 1 replica each) and leaves no key behind on any master."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 
 import pytest
 import redis
 
 from cluster import LocalCluster
+from conftest import require_cluster_binaries
 from test_demo import check_output, run_demo
 
 pytestmark = pytest.mark.cluster
@@ -18,11 +17,7 @@ pytestmark = pytest.mark.cluster
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    missing = [b for b in ("redis-server", "redis-cli") if shutil.which(b) is None]
-    if missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but no {' or '.join(missing)}: install redis-server")
-        pytest.skip(f"no {' or '.join(missing)} here (install redis-server)")
+    require_cluster_binaries()
     local = LocalCluster(3, 1).start()
     try:
         yield local

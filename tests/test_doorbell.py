@@ -12,8 +12,6 @@ instead of hanging.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -28,7 +26,7 @@ from backbone.doorbell import CLIENT_NAME, bell
 from backbone.events import as_text
 from backbone.partitions import agree, partition_for
 from cluster import LocalCluster
-from conftest import drop_environment, eventually
+from conftest import drop_environment, eventually, require_cluster_binaries
 from proxy import FlakyProxy
 from typed_contracts.partitioned_gen import (
     ORDERS,
@@ -43,35 +41,12 @@ RING = 10.0  # seconds a ring may take before the test fails (it takes ~1 ms)
 
 @pytest.fixture(scope="module")
 def local_cluster() -> Iterator[LocalCluster]:
-    missing = [b for b in ("redis-server", "redis-cli") if shutil.which(b) is None]
-    if missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but no {' or '.join(missing)}: install redis-server")
-        pytest.skip(f"no {' or '.join(missing)} here (install redis-server)")
+    require_cluster_binaries()
     cluster = LocalCluster(3, 1).start()
     try:
-        wait_replicating(cluster)
         yield cluster
     finally:
         cluster.stop()
-
-
-def wait_replicating(cluster: LocalCluster, timeout: float = 30.0) -> None:
-    """Until every replica's link to its master is up (a replica that never
-    synced is not promoted when its master dies)."""
-    deadline = time.monotonic() + timeout
-    for node in cluster.nodes:
-        client = redis.Redis(host="127.0.0.1", port=node.port)
-        try:
-            while True:
-                info = client.info("replication")
-                if info["role"] == "master" or info.get("master_link_status") == "up":
-                    break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{node} does not replicate its master: {info}")
-                time.sleep(0.05)  # polling the server's replication state
-        finally:
-            client.close()
 
 
 @pytest.fixture(params=["real", pytest.param("cluster", marks=pytest.mark.cluster)])

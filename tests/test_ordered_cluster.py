@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -96,11 +94,9 @@ async def member(url: str, environment: str, name: str, out: str) -> None:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    missing = [b for b in ("redis-server", "redis-cli") if shutil.which(b) is None]
-    if missing:
-        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-            pytest.fail(f"CI=true but no {' or '.join(missing)}: install redis-server")
-        pytest.skip(f"no {' or '.join(missing)} here (install redis-server)")
+    from conftest import require_cluster_binaries  # (not in a member process)
+
+    require_cluster_binaries()
     local = LocalCluster(3, 1).start()
     try:
         yield local
