@@ -33,6 +33,7 @@ __all__ = [
     "Wakeups",
     "client_for",
     "redact",
+    "refuse_cluster_node",
     "require_embedded",
 ]
 
@@ -100,15 +101,23 @@ class _NodeCheck:
         connection = cast(aioredis.Connection, self)
         await connection.send_command("INFO", "cluster", check_health=False)
         reply = await connection.read_response()
-        text = reply.decode() if isinstance(reply, bytes) else str(reply)
-        if "cluster_enabled:1" in text:
+        try:
+            refuse_cluster_node(reply, f"{connection.host}:{connection.port}")
+        except ConfigurationError:
             await connection.disconnect()
-            address = f"{connection.host}:{connection.port}"
-            raise ConfigurationError(
-                f"{address} is a node of a Redis Cluster; connect to it as one with "
-                f"redis+cluster://{address} (a plain redis:// URL names a single "
-                "server)"
-            )
+            raise
+
+
+def refuse_cluster_node(info: object, address: str) -> None:
+    """A ConfigurationError when INFO (the reply to ``INFO cluster``) says the
+    server at ADDRESS is a cluster node, which a plain client must not use."""
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    if "cluster_enabled:1" in text:
+        raise ConfigurationError(
+            f"{address} is a node of a Redis Cluster; connect to it as one with "
+            f"redis+cluster://{address} (a plain redis:// URL names a single "
+            "server)"
+        )
 
 
 class _HiredisConnection(_HiredisPacking, _NodeCheck, aioredis.Connection):

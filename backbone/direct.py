@@ -37,7 +37,7 @@ import redis.exceptions as rex
 from redis._parsers.base import BaseParser
 from redis.connection import parse_url
 
-from .errors import ConfigurationError
+from .clients import refuse_cluster_node
 
 __all__ = ["DirectConnection", "direct_for"]
 
@@ -314,15 +314,7 @@ class DirectConnection:
             protocol, [hiredis.pack_command(c) for c in commands], None
         )
         replies = [await future for future in futures]
-        info = replies[-1]
-        text = info.decode() if isinstance(info, bytes) else str(info)
-        if "cluster_enabled:1" in text:
-            address = self._where()
-            raise ConfigurationError(
-                f"{address} is a node of a Redis Cluster; connect to it as one with "
-                f"redis+cluster://{address} (a plain redis:// URL names a single "
-                "server)"
-            )
+        refuse_cluster_node(replies[-1], self._where())
 
     def _lost(self, protocol: _Protocol) -> None:
         if self._protocol is protocol:
