@@ -54,7 +54,7 @@ class _Request:
     ) -> None:
         self.future = future
         self.deadline = deadline
-        # A batch (``call_batch``): COUNT replies gathered into one list.
+        # A batch (``call_many``): COUNT replies gathered into one list.
         self.count = count
         self.replies: list[Any] = []
 
@@ -165,75 +165,54 @@ class DirectConnection:
         """Send one command and wait for its reply (error replies raise their
         redis-py exception). DEADLINE (``time.monotonic()``) bounds the wait
         when it is nearer than the command timeout."""
-        protocol = self._protocol
-        if protocol is None or protocol.lost is not None:
-            protocol = await self._connect()
-        return await self._send(protocol, [hiredis.pack_command(args)], deadline)[0]
+        protocol = await self._ready()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._send(protocol, future, 0, hiredis.pack_command(args), deadline)
+        return await future
 
     async def call_many(
         self, commands: list[tuple[Any, ...]], deadline: float | None = None
     ) -> list[Any]:
         """Send COMMANDS in one write, on one connection (so ``WAIT`` after a
-        write counts that write); their replies or errors, in order."""
-        protocol = self._protocol
-        if protocol is None or protocol.lost is not None:
-            protocol = await self._connect()
-        futures = self._send(
-            protocol, [hiredis.pack_command(c) for c in commands], deadline
-        )
-        results: list[Any] = []
-        for future in futures:
-            try:
-                results.append(await future)
-            except rex.ResponseError as exc:
-                results.append(exc)
-        return results
-
-    async def call_batch(
-        self, commands: list[tuple[Any, ...]], deadline: float | None = None
-    ) -> list[Any]:
-        """Like :meth:`call_many` (replies or errors, in order), with one waiting
-        request for the whole batch instead of one per command: for batches of
-        hundreds of commands (a consumer's payload reads)."""
+        write counts that write); their replies or errors, in order. One waiting
+        request stands for the whole batch, however many commands it holds (a
+        consumer's payload reads are hundreds)."""
         if not commands:
             return []
+        protocol = await self._ready()
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        pack = hiredis.pack_command
+        payload = b"".join([pack(c) for c in commands])
+        self._send(protocol, future, len(commands), payload, deadline)
+        return await future
+
+    async def _ready(self) -> _Protocol:
         protocol = self._protocol
         if protocol is None or protocol.lost is not None:
             protocol = await self._connect()
-        loop = asyncio.get_running_loop()
-        limit = time.monotonic() + self.command_timeout
-        if deadline is not None and deadline < limit:
-            limit = deadline
-        future: asyncio.Future[list[Any]] = loop.create_future()
-        protocol.waiting.append(_Request(future, limit, len(commands)))
-        assert protocol.transport is not None
-        pack = hiredis.pack_command
-        protocol.transport.write(b"".join([pack(c) for c in commands]))
-        if self._watchdog is None or limit < self._armed_at:
-            self._arm(protocol, limit)
-        return await future
+        return protocol
 
     def _send(
-        self, protocol: _Protocol, packed: list[bytes], deadline: float | None
-    ) -> list[asyncio.Future[Any]]:
-        loop = asyncio.get_running_loop()
+        self,
+        protocol: _Protocol,
+        future: asyncio.Future[Any],
+        count: int,
+        payload: bytes,
+        deadline: float | None,
+    ) -> None:
+        """Queue the request FUTURE (COUNT replies gathered into a list, or 0 for
+        one reply) and write PAYLOAD."""
         limit = time.monotonic() + self.command_timeout
         if deadline is not None and deadline < limit:
             limit = deadline
-        futures = []
-        waiting = protocol.waiting
-        for _ in packed:
-            future = loop.create_future()
-            waiting.append(_Request(future, limit))
-            futures.append(future)
+        protocol.waiting.append(_Request(future, limit, count))
         assert protocol.transport is not None
-        protocol.transport.write(b"".join(packed) if len(packed) > 1 else packed[0])
+        protocol.transport.write(payload)
         # One timer for many requests: an armed watchdog stays armed (it finds
         # nothing late, or re-arms for the oldest request left), so a busy
         # connection pays one timer per command timeout, not one per command.
         if self._watchdog is None or limit < self._armed_at:
             self._arm(protocol, limit)
-        return futures
 
     def _arm(self, protocol: _Protocol, when: float) -> None:
         if self._watchdog is not None:
@@ -254,8 +233,9 @@ class DirectConnection:
         if oldest <= now:
             protocol.fail(
                 rex.TimeoutError(
-                    f"Redis at {self._where()} did not answer within "
-                    f"{self.command_timeout:g}s"
+                    f"Redis at {self._where()} did not answer in time (within "
+                    f"command_timeout, {self.command_timeout:g}s, or the caller's "
+                    "nearer deadline)"
                 )
             )
             return
@@ -310,10 +290,13 @@ class DirectConnection:
             commands.append(("CLIENT", "SETNAME", self.client_name))
         commands += [("SCRIPT", "LOAD", source) for source in self._scripts]
         commands.append(("INFO", "cluster"))
-        futures = self._send(
-            protocol, [hiredis.pack_command(c) for c in commands], None
-        )
-        replies = [await future for future in futures]
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        payload = b"".join([hiredis.pack_command(c) for c in commands])
+        self._send(protocol, future, len(commands), payload, None)
+        replies = await future
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply  # a refused AUTH or SELECT
         refuse_cluster_node(replies[-1], self._where())
 
     def _lost(self, protocol: _Protocol) -> None:

@@ -79,10 +79,9 @@ class Producer:
         self.contract = contract
         self.options = options or ProducerOptions()
         self.identity = self.options.identity or default_identity()
-        declared = partitions if partitions is not None else None
-        if declared is None:
-            declared = contract.partitions if contract is not None else 1
-        self.partitions = check_count(declared)
+        if partitions is None:
+            partitions = contract.partitions if contract is not None else 1
+        self.partitions = check_count(partitions)
         """How many partitions the stream has (1: not partitioned)."""
         self._stream = keys.stream
         # Batches in flight at once: on a direct connection (pipelined, replies

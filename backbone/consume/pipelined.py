@@ -135,7 +135,7 @@ class PipelinedRead:
         commands.append(self._last)
         commands.append((*self._read_head, "COUNT", count, *self._read_tail))
         try:
-            replies = await self.direct.call_batch(commands)
+            replies = await self.direct.call_many(commands)
         except BaseException:
             window.acks_failed(acks)
             raise
@@ -193,7 +193,7 @@ class PipelinedRead:
                 continue
             fetched.append(d)
         if commands:
-            replies = await self.direct.call_batch(commands)
+            replies = await self.direct.call_many(commands)
             for d, reply in zip(fetched, replies, strict=True):
                 if type(reply) is list:
                     d.values = reply

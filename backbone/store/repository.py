@@ -96,9 +96,8 @@ class Repository(Generic[A]):
             self._snapshots = _state_adapter(probe)
         self.options = options or ProducerOptions()
         identity = self.options.identity or default_identity()
-        declared = partitions if partitions is not None else None
         self.partitions = check_count(
-            self.contract.spec.partitions if declared is None else declared
+            self.contract.spec.partitions if partitions is None else partitions
         )
         if self.keys.partition is not None and self.partitions > 1:
             raise ConfigurationError(
