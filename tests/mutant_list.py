@@ -134,7 +134,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "mark-before-the-handler",
         "backbone/consume/workers.py",
-        "            context = LazyContext(state, d, operation)\n",
+        "        while True:\n            context = LazyContext(state, d, operation)\n",
+        "        while True:\n"
         "            if self.marks is not None:\n"
         "                await self.marks.mark_done(d)\n"
         "            context = LazyContext(state, d, operation)\n",
@@ -191,6 +192,14 @@ MUTANTS: tuple[Mutant, ...] = (
         "if not d.acked:",
         (f"{DELIVERY}::test_manual_ack_acks_only_what_the_handler_acks",),
         "AckPolicy.MANUAL acks every event the handler returns from",
+    ),
+    Mutant(
+        "manual-ack-acks-anyway-in-the-loop",
+        "backbone/consume/workers.py",
+        "window.finish_handled(d, ack=ack_after_success, noack=noack)",
+        "window.finish_handled(d, ack=True, noack=noack)",
+        (f"{DELIVERY}::test_manual_ack_acks_only_what_the_handler_acks",),
+        "AckPolicy.MANUAL acks every event the handler returns from (no timeout)",
     ),
     # --- the acker, the dead-letter step, the context, the group ----------------------
     Mutant(

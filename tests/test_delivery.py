@@ -200,12 +200,17 @@ async def test_ack_on_receipt_keeps_nothing_pending(bus: backbone.Backbone) -> N
     assert await pending(bus) == 0
 
 
+@pytest.mark.parametrize("handler_timeout", [None, 30.0], ids=["plain", "timeout"])
 async def test_manual_ack_acks_only_what_the_handler_acks(
-    bus: backbone.Backbone,
+    bus: backbone.Backbone, handler_timeout: float | None
 ) -> None:
+    # With and without a handler timeout: the workers call a handler in their
+    # loop, or (timeout, telemetry, marks, debug log) through their full call.
     handler = Flaky(manual_ack=True)
     ids = await publish(bus, 6)
-    async with subscribe(bus, handler, ack=backbone.AckPolicy.MANUAL) as sub:
+    async with subscribe(
+        bus, handler, ack=backbone.AckPolicy.MANUAL, handler_timeout=handler_timeout
+    ) as sub:
         await eventually(lambda: handler.count() == 6)
         await eventually(lambda: sub.stats.acked == 3)
     rows = await bus.redis.xpending_range(bus.keys(URI).stream, "g", "-", "+", 10)

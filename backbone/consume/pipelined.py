@@ -78,13 +78,14 @@ def meta(flat: list[bytes]) -> tuple[bytes | None, bytes | None, bytes | None]:
 class Versions:
     """``entry_version`` of the few distinct ``v`` values a stream holds, kept."""
 
-    __slots__ = ("_known",)
+    __slots__ = ("known",)
 
     def __init__(self) -> None:
-        self._known: dict[bytes | None, int | None] = {None: 1}
+        self.known: dict[bytes | None, int | None] = {None: 1}
+        """The values read so far (a reader may look here before calling)."""
 
     def __call__(self, raw: bytes | None) -> int | None:
-        known = self._known
+        known = self.known
         try:
             return known[raw]
         except KeyError:
@@ -162,6 +163,7 @@ class PipelinedRead:
         group = self._group
         prefix = self._prefix
         version_of = self.version
+        versions = version_of.known
         deliveries: list[Delivery] = []
         fetched: list[Delivery] = []
         sealable: list[Delivery] = []
@@ -173,10 +175,10 @@ class PipelinedRead:
                 op, only, v = flat[1], None, flat[3]
             else:
                 op, only, v = meta(flat)
-            version = version_of(v)
-            d = Delivery(raw_id.decode(), flat, 1, now, op, only, version=version)
+            version = versions[v] if v in versions else version_of(v)
+            d = Delivery(raw_id.decode(), flat, 1, now, op, only, None, version=version)
             deliveries.append(d)
-            wanted = known.get(op) if op is not None else None
+            wanted = known.get(op)
             # An empty re-drive group restricts nothing (no group is named '').
             if wanted is None or (only and only != group):
                 continue

@@ -167,6 +167,18 @@ class Window:
         if self._waiting and self.read_room() >= self._wanted:
             self._room.set()
 
+    def finish_handled(self, d: Delivery, *, ack: bool, noack: bool) -> None:
+        """:meth:`queue_ack` (when ACK) and :meth:`finish` of D in one step, for
+        an event its handler has just handled."""
+        if ack and not d.acked:
+            d.acked = True
+            if not noack:
+                entry_id = d.entry_id
+                self.acks.append(entry_id)
+                self.acking.add(entry_id)
+                self.ack_signal.set()
+        self.finish(d)
+
     def queue_ack(self, d: Delivery, *, noack: bool) -> None:
         """Queue D's ack (once; nothing to write when read with NOACK)."""
         if d.acked or noack:

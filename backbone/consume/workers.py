@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from ..deadletters import DeadLetterReason
@@ -59,6 +60,16 @@ __all__ = ["Workers"]
 log = logging.getLogger("backbone.consumer")
 
 _YIELD_EVERY: Final = 64
+DEBUG: Final = logging.DEBUG
+
+_Known = tuple[
+    str,
+    "Route",
+    int,
+    int,
+    "Callable[[Sequence[bytes | None]], list[Any] | None] | None",
+]
+"""An implemented operation: name, route, version, parameters, one-call decoder."""
 
 
 class Workers:
@@ -81,9 +92,16 @@ class Workers:
             for name in dispatcher.contract.codecs
         }
         # The operations the handler implements, with what the common case of
-        # an event needs of each (see process).
-        self._implemented: dict[bytes, tuple[str, Route]] = {
-            op: (name, route)
+        # an event needs of each (see _plan): the operation's name, route,
+        # version, number of parameters and one-call decoder.
+        self._implemented: dict[bytes, _Known] = {
+            op: (
+                name,
+                route,
+                route.codec.version,
+                len(route.codec.field_names),
+                route.codec.fast_decoder,
+            )
             for op, (name, route) in self._routes.items()
             if route is not None
         }
@@ -110,6 +128,13 @@ class Workers:
         state = self.state
         window = state.window
         ready = window.ready
+        stats = state.stats
+        # Without a handler timeout or idempotency marks, an event whose call
+        # needs no span and no debug line is called right here: no coroutine of
+        # its own, no per-call set-up (the same steps as _call's first turn).
+        plain = self._timeout is None and self.marks is None
+        ack_after_success = self._ack_after_success
+        noack = state.noack
         handled = 0
         while True:
             if not ready:
@@ -119,10 +144,33 @@ class Workers:
                 await window.ready_signal.wait()
                 continue
             delivery = ready.popleft()
+            finished = False
             try:
                 plan = self._plan(delivery)
                 if plan is None:
                     await self.process(delivery)
+                elif plain and hooks.active is None and not log.isEnabledFor(DEBUG):
+                    route, d, operation, args = plan
+                    context = LazyContext(state, d, operation)
+                    token = set_current_event(context)
+                    failure: BaseException | None = None
+                    try:
+                        if route.takes_context:
+                            await route.method(*args, context=context())
+                        else:
+                            await route.method(*args)
+                    except (SystemExit, KeyboardInterrupt):
+                        raise
+                    except BaseException as exc:  # see _call
+                        failure = exc
+                    finally:
+                        reset_current_event(token)
+                    if failure is None:
+                        stats.handled += 1
+                        window.finish_handled(d, ack=ack_after_success, noack=noack)
+                        finished = True
+                    else:
+                        await self._after_failure(route, d, operation, args, failure)
                 else:
                     await self._call(*plan)
             except (asyncio.CancelledError, SystemExit, KeyboardInterrupt):
@@ -136,7 +184,8 @@ class Workers:
                     extra=log_fields(state, delivery),
                 )
             finally:
-                window.finish(delivery)
+                if not finished:
+                    window.finish(delivery)
             handled += 1
             if handled % _YIELD_EVERY == 0:
                 # Handlers that never suspend would starve the reader and acker.
@@ -161,7 +210,19 @@ class Workers:
         lease = self.state.lease
         if lease is not None and not lease.held:
             return None
-        operation, route = known
+        operation, route, version, width, fast = known
+        values = d.values
+        if (
+            fast is not None
+            and d.version == version
+            and d.fault is None
+            and d.damaged is None
+            and values is not None
+            and len(values) == width
+        ):
+            args = fast(values)
+            if args is not None:
+                return route, d, operation, args
         try:
             args = self._decode(route, d)
         except DecodeError:
@@ -330,6 +391,20 @@ class Workers:
             if self._ack_after_success and not d.acked:
                 state.window.queue_ack(d, noack=state.noack)
             return
+
+    async def _after_failure(
+        self,
+        route: Route,
+        d: Delivery,
+        operation: str,
+        args: list[Any],
+        exc: BaseException,
+    ) -> None:
+        """The handler failed on D's first call in the loop: what :meth:`_call`
+        does after a failure, then its calls again while it is retried."""
+        self.retries.own_failure(exc)
+        if await self.retries.failed(route, d, operation, exc):
+            await self._call(route, d, operation, args)
 
     def _log_handled(
         self, d: Delivery, operation: str, route: Route, seconds: float
