@@ -30,6 +30,7 @@ import pydantic
 from .contract import OperationSpec
 from .errors import DecodeError, ValidationError
 from .events import as_text
+from .fast_codec import fast_encoder, fast_reader
 from .param_codec import ParamCodec, one_line
 from .personal import AGGREGATE_SUBJECT, ERASED
 from .sealing import Unsealed
@@ -62,7 +63,14 @@ __all__ = [
 class OperationCodec:
     """Encodes and decodes the arguments of one operation."""
 
-    __slots__ = ("_decoders", "_fast", "_params", "operation", "personal")
+    __slots__ = (
+        "_decoders",
+        "_fast",
+        "_fast_encode",
+        "_params",
+        "operation",
+        "personal",
+    )
 
     def __init__(self, operation: OperationSpec) -> None:
         self.operation = operation
@@ -80,7 +88,18 @@ class OperationCodec:
         self._decoders = tuple(
             (p.exact, p.adapter.validate_python, p, p.read) for p in self._params
         )
-        self._fast = _fast_reader(self._params)
+        self._fast = fast_reader(self._params)
+        self._fast_encode = fast_encoder(self._params, packer)
+
+    @property
+    def fast_decoder(
+        self,
+    ) -> Callable[[Sequence[bytes | None]], list[Any] | None] | None:
+        """:meth:`decode_values` of the common case in one call, given exactly
+        one value per parameter: every value present, read and valid. None from
+        it for anything else, and :meth:`decode_values` says what is wrong.
+        None when the operation has no such shortcut."""
+        return self._fast
 
     @property
     def parameter_names(self) -> tuple[str, ...]:
@@ -99,6 +118,11 @@ class OperationCodec:
         The values of personal parameters are :class:`~backbone.sealing.Unsealed`:
         the writer seals them with their subjects' keys first.
         """
+        fast = self._fast_encode
+        if fast is not None:
+            values = fast(args)
+            if values is not None:
+                return values
         params = self._params
         if len(args) != len(params):
             raise ValidationError(
@@ -313,50 +337,6 @@ class OperationCodec:
                     f"fit its annotation: {one_line(exc)}",
                 ) from exc
         return args
-
-
-def _fast_reader(
-    params: Sequence[ParamCodec],
-) -> Callable[[Sequence[bytes | None]], list[Any] | None] | None:
-    """The common case of :meth:`OperationCodec.decode_values` in one step:
-    every value present and read, each of exactly its parameter's scalar type
-    (so valid as it is) or validated. None from it for anything else (an absent
-    value, an erased one, any error): the values are then read one by one,
-    which says what is wrong.
-
-    It is made for the operation's own parameters, one call per parameter
-    written out: a loop calling each parameter's reader in turn runs at half
-    the speed, since the interpreter cannot specialise a call whose target
-    changes at every turn. None for an operation with a personal parameter of
-    no exact type (its erased value must not reach validation)."""
-    if not params or any(p.personal and p.exact is None for p in params):
-        return None
-    names: dict[str, Any] = {}
-    reads, checks = [], []
-    for n, p in enumerate(params):
-        names[f"read{n}"] = p.read
-        if p.exact is not None:
-            names[f"exact{n}"] = p.exact
-            reads.append(f"    v{n} = read{n}(raws[{n}])")
-            checks.append(f"type(v{n}) is exact{n}")
-        else:
-            names[f"validate{n}"] = p.adapter.validate_python
-            reads.append(f"    v{n} = validate{n}(read{n}(raws[{n}]))")
-    values = ", ".join(f"v{n}" for n in range(len(params)))
-    source = "\n".join(
-        [
-            "def fast(raws):",
-            "  try:",
-            *(f"  {line}" for line in reads),
-            "  except Exception:",
-            "    return None",
-            f"  if {' and '.join(checks) or 'True'}:",
-            f"    return [{values}]",
-            "  return None",
-        ]
-    )
-    exec(compile(source, "<backbone.codec fast reader>", "exec"), names)
-    return names["fast"]  # type: ignore[no-any-return]
 
 
 def _holds_erased(value: object) -> bool:

@@ -49,6 +49,7 @@ __all__ = [
     "EXT_TIME",
     "EXT_TIMEDELTA",
     "EXT_UUID",
+    "PLAIN_TYPES",
     "default",
     "pack_value",
     "reader_for",
@@ -216,11 +217,15 @@ def _read_datetime(raw: bytes) -> Any:
     return unpack(raw)
 
 
+PLAIN_TYPES: Final = (str, int, float, bool, bytes)
+"""Exact parameter types msgpack gives back as they were (see _plain_reader)."""
+
+
 def reader_for(exact: type | None) -> Callable[[bytes], Any]:
     """How to read one value of a parameter whose annotation is exactly EXACT
     (None: any other): :func:`unpack`, or a faster read that gives the same."""
     if exact is dt.datetime:
         return _read_datetime
-    if exact in (str, int, float, bool, bytes):
+    if exact in PLAIN_TYPES:
         return _plain_reader(exact)
     return unpack
