@@ -612,12 +612,26 @@ async def test_a_named_partition_must_exist_and_the_count_be_valid(
 
 
 async def test_a_stop_during_start_leaves_nothing_running(
-    bus: backbone.Backbone,
+    bus: backbone.Backbone, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The start is held inside its agreement on the count until the stop is asked.
+    entered, gate = asyncio.Event(), asyncio.Event()
+    real_agree = partitioned.agree
+
+    async def held(*args: Any) -> int:
+        entered.set()
+        await gate.wait()
+        return await real_agree(*args)
+
+    monkeypatch.setattr(partitioned, "agree", held)
     sub = subscribe(bus, Orders("a", []))
     starting = asyncio.ensure_future(sub.start())
-    await eventually(lambda: sub._start_lock.locked(), message="start under way")
-    await sub.stop()  # waits for the start, then stops what it started
+    await asyncio.wait_for(entered.wait(), 10)
+    assert sub._start_lock.locked()
+    stopping = asyncio.ensure_future(sub.stop())
+    await eventually(lambda: sub.stopping, message="the stop asked")
+    gate.set()
+    await stopping  # waits for the start, then stops what it started
     assert not any(s.running for s in sub._parts.subscriptions)
     assert not sub.running
     await starting
