@@ -165,7 +165,9 @@ class DirectConnection:
         """Send one command and wait for its reply (error replies raise their
         redis-py exception). DEADLINE (``time.monotonic()``) bounds the wait
         when it is nearer than the command timeout."""
-        protocol = await self._ready()
+        protocol = self._protocol
+        if protocol is None or protocol.lost is not None:
+            protocol = await self._connect()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._send(protocol, future, 0, hiredis.pack_command(args), deadline)
         return await future
@@ -179,18 +181,14 @@ class DirectConnection:
         consumer's payload reads are hundreds)."""
         if not commands:
             return []
-        protocol = await self._ready()
+        protocol = self._protocol
+        if protocol is None or protocol.lost is not None:
+            protocol = await self._connect()
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         pack = hiredis.pack_command
         payload = b"".join([pack(c) for c in commands])
         self._send(protocol, future, len(commands), payload, deadline)
         return await future
-
-    async def _ready(self) -> _Protocol:
-        protocol = self._protocol
-        if protocol is None or protocol.lost is not None:
-            protocol = await self._connect()
-        return protocol
 
     def _send(
         self,

@@ -176,8 +176,10 @@ async def seal_items(
     keys = await until_answered(
         lambda _remaining: keyring.get_or_create(ids),
         timeout=timeout,
-        what=f"get the keys of {len(ids)} subject(s) from {keyring.keys.subjects}",
-        where=repr(keyring),
+        what=lambda: (
+            f"get the keys of {len(ids)} subject(s) from {keyring.keys.subjects}"
+        ),
+        where=keyring,
         refused=lambda exc: PublishError(
             f"Redis refused the keyring {keyring.keys.subjects}: {exc}"
         ),

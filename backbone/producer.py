@@ -25,7 +25,7 @@ import copy
 import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -154,7 +154,9 @@ class Producer:
             await self._agree()
             lane = self._lanes[self._partition_of([item])]
             return await lane._publish_item(item)
-        return await self._publish_item(item)
+        if self._named is not None and self.keys.partition is not None:
+            self._check_keys([item], self._named)  # before it joins a batch
+        return await self._commit.publish(item)
 
     async def _publish_item(self, item: Item) -> EventId:
         if self._closed:
@@ -249,8 +251,8 @@ class Producer:
         self._named = await until_answered(
             check,
             timeout=self.options.publish_timeout,
-            what=f"publish {count} event(s) to {self._stream}",
-            where=repr(self.backbone),
+            what=lambda: f"publish {count} event(s) to {self._stream}",
+            where=self.backbone,
             refused=None,
             log_extra={"stream": self._stream},
         )
@@ -296,13 +298,18 @@ class Producer:
         cause_id = str(cause.event_id)
         return (F_CORRELATION, cause.correlation_id or cause_id, F_CAUSATION, cause_id)
 
-    async def _send(
+    def _send(
         self, items: list[Item], *, writer: Writer, atomic: bool = False
-    ) -> list[EventId]:
+    ) -> Awaitable[list[EventId]]:
         """:meth:`_append`, and with telemetry on, the end of the items' records."""
         observer = hooks.active
         if observer is None:
-            return await self._append(items, writer, atomic=atomic)
+            return self._append(items, writer, atomic=atomic)
+        return self._send_observed(items, writer, atomic, observer)
+
+    async def _send_observed(
+        self, items: list[Item], writer: Writer, atomic: bool, observer: Telemetry
+    ) -> list[EventId]:
         try:
             ids = await self._append(items, writer, atomic=atomic)
         except ReplicationTimeout as exc:
@@ -346,12 +353,13 @@ class Producer:
                 await writer.record_marks(items)
         if self._named is not None and self.keys.partition is not None:
             self._check_keys(items, self._named)
-        await seal_items(
-            self._keyring,
-            items,
-            aggregate_id=None,
-            timeout=self.options.publish_timeout,
-        )
+        if _any_personal(items):
+            await seal_items(
+                self._keyring,
+                items,
+                aggregate_id=None,
+                timeout=self.options.publish_timeout,
+            )
         try:
             return await writer.write(items)
         except (BatchRefused, RetiredVersionError):
@@ -362,6 +370,14 @@ class Producer:
                     self._stream,
                 )
             raise
+
+
+def _any_personal(items: list[Item]) -> bool:
+    """True when an event of ITEMS has personal values (to seal)."""
+    for item in items:  # noqa: SIM110 - no generator per call
+        if item.operation.personal:
+            return True
+    return False
 
 
 class Batch:

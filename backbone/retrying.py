@@ -31,16 +31,17 @@ async def until_answered(
     attempt: Callable[[float], Awaitable[T]],
     *,
     timeout: float,
-    what: str,
-    where: str,
+    what: Callable[[], str],
+    where: object,
     refused: Callable[[Exception], BaseException] | None,
     log_extra: Mapping[str, Any],
 ) -> T:
     """Run ATTEMPT (given the seconds left) until it is answered; retry lost
     connections and timeouts with a growing pause until TIMEOUT, then raise
-    :class:`PublishTimeout` naming WHAT and the last error. An error reply that
+    :class:`PublishTimeout` naming WHAT() and the last error. An error reply that
     is not transient raises ``REFUSED(error)`` (the error itself when REFUSED is
-    None). WHERE names the Redis in the timeout's message."""
+    None). WHERE (its repr) names the Redis in the timeout's message. Both are
+    formatted only when an attempt fails."""
     deadline = time.monotonic() + timeout
     delay = 0.05
     count = 0
@@ -65,14 +66,14 @@ async def until_answered(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise PublishTimeout(
-                f"could not {what} within {timeout:g}s ({count} attempts); last "
-                f"error: {type(last).__name__}: {last}. Check that Redis at {where} "
+                f"could not {what()} within {timeout:g}s ({count} attempts); last "
+                f"error: {type(last).__name__}: {last}. Check that Redis at {where!r} "
                 "is up, or raise ProducerOptions.publish_timeout"
             ) from last
         if count == 1:
             log.warning(
                 "%s failed (%s: %s); retrying for up to %.1fs",
-                what,
+                what(),
                 type(last).__name__,
                 last,
                 remaining,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from .events import as_text
 from .script import Script
@@ -68,26 +68,26 @@ class PublishScript(Script):
         *,
         replicas: int = 0,
         timeout_ms: int = 0,
-    ) -> tuple[PublishReply, int]:
+    ) -> tuple[Any, int]:
         """Run one attempt; with REPLICAS, also ``WAIT`` for them. Returns the
-        reply and the number of replicas that confirmed (0 without REPLICAS)."""
+        raw reply (read it with :meth:`reply`) and the number of replicas that
+        confirmed (0 without REPLICAS)."""
         if replicas:
-            raw, confirmed = await self.run_and_wait(
-                client, keys, argv, replicas, timeout_ms
-            )
-        else:
-            raw, confirmed = await self.run(client, keys, argv), 0
-        return self.reply(raw), confirmed
+            return await self.run_and_wait(client, keys, argv, replicas, timeout_ms)
+        return await self.run(client, keys, argv), 0
 
     @staticmethod
     def reply(raw: list[Any]) -> PublishReply:
         """The script's raw reply, read."""
-        kind = PublishStatus(int(raw[0]))
+        kind = _PUBLISH_STATUSES[int(raw[0])]
         detail = raw[1]
-        if kind in (PublishStatus.WRITTEN, PublishStatus.DUPLICATE):
+        if kind is PublishStatus.WRITTEN or kind is PublishStatus.DUPLICATE:
             ids = [x.decode() for x in detail]
             return PublishReply(kind, ids, "", _marks(raw, 2))
         return PublishReply(kind, [], as_text(detail))
+
+
+_PUBLISH_STATUSES: Final = tuple(PublishStatus)
 
 
 def _marks(raw: list[Any], index: int) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import secrets
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from .direct import run_script
@@ -24,7 +25,7 @@ from .errors import PublishError, ReplicationTimeout
 from .events import F_CONTRACT, F_OPERATION, F_PRODUCER, F_VERSION, EventId
 from .retrying import until_answered
 from .versions import record_marks, refuse_retired, warn_deprecated
-from .write_scripts import PublishReply, PublishStatus
+from .write_scripts import PublishStatus
 
 if TYPE_CHECKING:
     from .codec import OperationCodec
@@ -140,7 +141,10 @@ class Writer:
     def needs_marks(self, items: list[Item]) -> bool:
         """True when ITEMS hold an operation whose marks are not recorded yet."""
         marked = self._marked
-        return any(item.operation not in marked for item in items)
+        for item in items:  # noqa: SIM110 - no generator per call
+            if item.operation not in marked:
+                return True
+        return False
 
     async def record_marks(self, items: list[Item]) -> None:
         """Record the version marks of the batch's operations, each once: an
@@ -163,7 +167,8 @@ class Writer:
         Raises :class:`BatchRefused` when Redis refuses the batch,
         :class:`PublishTimeout` when it stays out of reach.
         """
-        await self.record_marks(items)
+        if self.needs_marks(items):
+            await self.record_marks(items)
         self.sequence += 1
         sequence = str(self.sequence)
         argv = self._argv(items, sequence)
@@ -178,34 +183,36 @@ class Writer:
         # direct connection it would hold up every read and ack behind it.
         direct = self.backbone.direct if not wait else None
 
-        async def attempt(remaining: float) -> tuple[PublishReply, int]:
-            if direct is not None:
-                raw, confirmed = await run_script(
-                    direct,
-                    script.sha,
-                    script.source,
-                    keys,
-                    argv,
-                    replicas=wait,
-                    timeout_ms=wait_ms,
-                    deadline=time.monotonic() + remaining + extra,
-                )
-                return script.reply(raw), confirmed
+        def direct_attempt(remaining: float) -> Awaitable[tuple[Any, int]]:
+            assert direct is not None
+            return run_script(
+                direct,
+                script.sha,
+                script.source,
+                keys,
+                argv,
+                replicas=wait,
+                timeout_ms=wait_ms,
+                deadline=time.monotonic() + remaining + extra,
+            )
+
+        async def attempt(remaining: float) -> tuple[Any, int]:
             async with asyncio.timeout(remaining + extra):
                 return await script.append(
                     client, keys, argv, replicas=wait, timeout_ms=wait_ms
                 )
 
-        reply, replicas = await until_answered(
-            attempt,
+        raw, replicas = await until_answered(
+            attempt if direct is None else direct_attempt,
             timeout=self.options.publish_timeout,
-            what=f"publish {len(items)} event(s) to {self._stream}",
-            where=repr(self.backbone),
+            what=lambda: f"publish {len(items)} event(s) to {self._stream}",
+            where=self.backbone,
             refused=lambda exc: BatchRefused(
                 f"Redis refused to append to {self._stream}: {exc}"
             ),
             log_extra={"stream": self._stream, "events": len(items)},
         )
+        reply = script.reply(raw)
         stream = self._stream
         status = reply.status
         if status is PublishStatus.REFUSED:  # an earlier attempt's, answer lost

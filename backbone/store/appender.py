@@ -162,8 +162,8 @@ class Appender:
         return await until_answered(
             attempt,
             timeout=self.options.publish_timeout,
-            what=f"append to aggregate {aggregate_id!r} of {stream}",
-            where=repr(self.backbone),
+            what=lambda: f"append to aggregate {aggregate_id!r} of {stream}",
+            where=self.backbone,
             refused=lambda exc: PublishError(
                 f"Redis refused to append to aggregate {aggregate_id!r} of "
                 f"{stream}: {exc}"

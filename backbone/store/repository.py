@@ -149,8 +149,8 @@ class Repository(Generic[A]):
         return await until_answered(
             lambda _remaining: self._load(aggregate_id),
             timeout=self.options.publish_timeout,
-            what=f"load aggregate {aggregate_id!r} of {self.keys.stream}",
-            where=repr(self.backbone),
+            what=lambda: f"load aggregate {aggregate_id!r} of {self.keys.stream}",
+            where=self.backbone,
             refused=None,
             log_extra={"stream": self.keys.stream, "aggregate": aggregate_id},
         )
