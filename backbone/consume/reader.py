@@ -237,11 +237,13 @@ class Reader:
             state.redis.xread({state.stream: last}, count=1, block=block_ms)
         )
         try:
-            await asyncio.shield(waiting)
+            reply = await asyncio.shield(waiting)
         except asyncio.CancelledError:
             waiting.cancel()
             waiting.add_done_callback(discard_outcome)
             raise
+        if isinstance(self.script, PipelinedRead):
+            self.script.hint = _first_entry(reply)
 
     async def _guarded(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T | Any:
         """Run FN; survive lost connections, a vanished group and refusals.
@@ -330,6 +332,17 @@ class Reader:
                 )
                 await self.fetcher.admit(cast(Any, entries), counts)
         return False
+
+
+def _first_entry(reply: Any) -> tuple[bytes, list[bytes]] | None:
+    """The entry (id, flat fields) an XREAD of one stream answered, if any."""
+    try:
+        entry_id, fields = reply[0][1][0]
+    except (TypeError, IndexError, KeyError, ValueError):
+        return None
+    if not isinstance(entry_id, bytes) or not isinstance(fields, dict):
+        return None
+    return entry_id, [item for pair in fields.items() for item in pair]
 
 
 def discard_outcome(task: asyncio.Future[Any]) -> None:
