@@ -403,6 +403,14 @@ MUTANTS: tuple[Mutant, ...] = (
         "a retried batch whose first attempt was written is written twice",
     ),
     Mutant(
+        "publish-retry-taken-for-a-new-batch",
+        "backbone/lua/publish.lua",
+        "if recorded and recorded >= batch then",
+        "if recorded and recorded > batch then",
+        (f"{PRODUCER}::test_lost_reply_is_retried_without_duplicate", PRODUCER),
+        "a retry is not compared with the record: its batch is written twice",
+    ),
+    Mutant(
         "publish-rollback-keeps-entries",
         "backbone/lua/publish.lua",
         "  for j = 1, entries do",
@@ -416,8 +424,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "publish-refusal-not-recorded",
         "backbone/lua/publish.lua",
-        "  redis.pcall('SET', KEYS[2], ARGV[2] .. ' ! ' .. tostring(err), 'PX', "
-        "ARGV[3])\n",
+        "  redis_pcall('SET', record_key, batch_arg .. ' ! ' .. tostring(err), 'PX', "
+        "ttl)\n",
         "",
         (
             f"{PRODUCER}::test_late_attempt_of_a_refused_batch_writes_nothing",

@@ -31,6 +31,12 @@
 --                                  or when an earlier attempt of this batch ran)
 --   {5, "op:version"}              that operation version is retired
 -- and nothing is written unless the status is 0.
+--
+-- Built as publish.lua is, for the server's cost: argument tables once per
+-- template, only their slots overwritten per event.
+local redis_call, redis_pcall = redis.call, redis.pcall
+local unpack, tonumber, type = unpack, tonumber, type
+local ARGV = ARGV
 local stream, index, record_key = KEYS[1], KEYS[2], KEYS[3]
 local expected, aggregate = ARGV[1], ARGV[2]
 local prefix, batch_arg, ttl = ARGV[3], ARGV[4], ARGV[5]
@@ -42,7 +48,7 @@ local n = tonumber(ARGV[6])
 -- conflict (so that a late attempt of a batch whose caller was told of the
 -- conflict cannot write it after all). Checked first, as in publish.lua: a retry
 -- of a batch that was written must get its ids back, not a conflict.
-local record = redis.call('GET', record_key)
+local record = redis_call('GET', record_key)
 if record then
   local seq_text = string.match(record, '^(%d+) ')
   local seq = tonumber(seq_text)
@@ -55,58 +61,53 @@ if record then
     local actual = string.match(record, '^%d+ %? (%d+)$')
     if actual then return {4, tonumber(actual)} end
     local first, last, version = string.match(record, '^%d+ (%S+) (%S+) (%d+)$')
-    local entries = redis.call('XRANGE', stream, first, last)
+    local entries = redis_call('XRANGE', stream, first, last)
     local ids = {}
     for i = 1, #entries do ids[i] = entries[i][1] end
     return {1, ids, tonumber(version)}
   end
 end
 
-local function refuse(err)
-  redis.pcall('SET', record_key, batch_arg .. ' ! ' .. tostring(err), 'PX', ttl)
-  return redis.error_reply(err)
-end
-
-local metas, hashes, widths = {}, {}, {}
-local pos = 8
-for t = 1, tonumber(ARGV[7]) do
-  local m = tonumber(ARGV[pos])
-  local meta = {}
-  for j = 1, m do meta[j] = ARGV[pos + j] end
-  meta[m + 1] = 'a'
-  meta[m + 2] = aggregate
-  meta[m + 3] = 't'
-  meta[m + 4] = ''
-  pos = pos + m + 1
-  local f = tonumber(ARGV[pos])
-  local hash = {}
-  for j = 1, f do
-    hash[2 * j - 1] = ARGV[pos + j]
-    hash[2 * j] = ''
-  end
-  pos = pos + f + 1
-  metas[t], hashes[t], widths[t] = meta, hash, f
-end
-local MARKS, RETIRED = KEYS[4], 5
-
+-- Each template as the tails of its XADD and its HSET, as in publish.lua: META
+-- holds the M metadata strings, 'a' and the aggregate id, 't' and a slot for
+-- the producer time (SIZE slots in all), then room for an event's extra
+-- metadata; HASH holds the F payload field names, each followed by a slot for
+-- its value.
+--
 -- Operation versions a newer contract retired are refused before anything is
 -- written; deprecated ones are written and reported. Marks only ever go up
 -- (versions.lua), so a retry of a refused batch is refused again. A template's
 -- metadata starts o, name, v, version, c, contract (writer.py). A marks key
 -- someone overwrote with another type marks nothing.
-local deprecated = {}
-if MARKS then
-  for t = 1, #metas do
-    local mark = metas[t][6] .. '.' .. metas[t][2] .. ':' .. metas[t][4]
-    local status = redis.pcall('HGET', MARKS, mark)
+local marks, RETIRED = KEYS[4], 5
+local templates, deprecated = {}, {}
+local pos = 8
+for t = 1, tonumber(ARGV[7]) do
+  local m = tonumber(ARGV[pos])
+  local meta = {unpack(ARGV, pos + 1, pos + m + 4)}
+  meta[m + 1] = 'a'
+  meta[m + 2] = aggregate
+  meta[m + 3] = 't'
+  pos = pos + m + 1
+  local f = tonumber(ARGV[pos])
+  local hash = {unpack(ARGV, pos + 1, pos + 2 * f)}
+  for j = 1, f do hash[2 * j - 1] = ARGV[pos + j] end
+  pos = pos + f + 1
+  templates[t] = {meta, m + 4, hash, f}
+  if marks then
+    local mark = meta[6] .. '.' .. meta[2] .. ':' .. meta[4]
+    local status = redis_pcall('HGET', marks, mark)
     if status == 'retired' then return {RETIRED, mark} end
     if status == 'deprecated' then deprecated[#deprecated + 1] = mark end
   end
 end
 
-local current = redis.pcall('LLEN', index)
+-- The aggregate's version. A refusal (the index is not a list) is recorded as
+-- any other, and nothing is written.
+local current = redis_pcall('LLEN', index)
 if type(current) == 'table' and current.err then
-  return refuse(current.err)
+  redis_pcall('SET', record_key, batch_arg .. ' ! ' .. tostring(current.err), 'PX', ttl)
+  return redis.error_reply(current.err)
 end
 local ok
 if expected == 'any' then
@@ -119,75 +120,87 @@ else
   ok = current == tonumber(expected)
 end
 if not ok then
-  redis.pcall('SET', record_key, batch_arg .. ' ? ' .. current, 'PX', ttl)
+  redis_pcall('SET', record_key, batch_arg .. ' ? ' .. current, 'PX', ttl)
   return {4, current}
 end
 
-
+-- The entries and payload hashes, in turn, as in publish.lua. The first
+-- refusal stops the loop with the error and the number of entries and of
+-- hashes written before it.
 local ids = {}
-
--- Undo the first ENTRIES stream entries and the first HASHES payload hashes,
--- and record the refusal.
-local function rollback(entries, hashes_written, err)
-  for j = 1, entries do
-    redis.call('XDEL', stream, ids[j])
-  end
-  for j = 1, hashes_written do
-    redis.call('DEL', prefix .. ids[j])
-  end
-  return refuse(err)
-end
-
+local err, entries, hashes_written
+local number, meta, size, hash, f
 for i = 1, n do
-  local t = tonumber(ARGV[pos])
-  local meta = metas[t]
-  local m = #meta
-  meta[m] = ARGV[pos + 1]
-  local x = tonumber(ARGV[pos + 2])
+  if ARGV[pos] ~= number then
+    number = ARGV[pos]
+    local template = templates[tonumber(number)]
+    meta, size, hash, f = template[1], template[2], template[3], template[4]
+  end
+  meta[size] = ARGV[pos + 1]
+  local x = ARGV[pos + 2]
   local added
-  if x == 0 then
-    added = redis.pcall('XADD', stream, '*', unpack(meta))
+  if x == '0' then
+    added = redis_pcall('XADD', stream, '*', unpack(meta, 1, size))
   else
-    local full = {unpack(meta)}
-    for j = 1, x do full[m + j] = ARGV[pos + 2 + j] end
-    added = redis.pcall('XADD', stream, '*', unpack(full))
+    x = tonumber(x)
+    for j = 1, x do meta[size + j] = ARGV[pos + 2 + j] end
+    added = redis_pcall('XADD', stream, '*', unpack(meta, 1, size + x))
+    pos = pos + x
   end
   if type(added) == 'table' and added.err then
-    return rollback(i - 1, i - 1, added.err)
+    err, entries, hashes_written = added.err, i - 1, i - 1
+    break
   end
   ids[i] = added
-  pos = pos + 3 + x
-  local f = widths[t]
+  pos = pos + 2
   if f > 0 then
-    local hash = hashes[t]
-    for j = 1, f do hash[2 * j] = ARGV[pos + j - 1] end
-    local written = redis.pcall('HSET', prefix .. added, unpack(hash))
-    if type(written) == 'table' and written.err then
-      return rollback(i, i - 1, written.err)
+    for j = 1, f do hash[2 * j] = ARGV[pos + j] end
+    -- A new key's HSET answers F, its number of fields: only another answer
+    -- needs a closer look.
+    local written = redis_pcall('HSET', prefix .. added, unpack(hash, 1, 2 * f))
+    if written ~= f and type(written) == 'table' and written.err then
+      err, entries, hashes_written = written.err, i, i - 1
+      break
     end
   end
-  pos = pos + f
+  pos = pos + f + 1
 end
 
+-- Then the index; LLEN found a list, so only a refused write (out of memory)
+-- fails: the index is put back as it was, and the entries are undone.
+if not err then
+  for first = 1, n, 4000 do
+    local pushed = redis_pcall('RPUSH', index, unpack(ids, first, math.min(first + 3999, n)))
+    if type(pushed) == 'table' and pushed.err then
+      if current == 0 then
+        redis_call('DEL', index)
+      else
+        redis_call('LTRIM', index, 0, current - 1)
+      end
+      err, entries, hashes_written = pushed.err, n, n
+      break
+    end
+  end
+end
+
+-- Refused: undo the entries and payload hashes written, and record the
+-- refusal.
+if err then
+  for j = 1, entries do
+    redis_call('XDEL', stream, ids[j])
+  end
+  for j = 1, hashes_written do
+    redis_call('DEL', prefix .. ids[j])
+  end
+  redis_pcall('SET', record_key, batch_arg .. ' ! ' .. tostring(err), 'PX', ttl)
+  return redis.error_reply(err)
+end
 if n == 0 then
   return {0, ids, current, deprecated}
 end
-for first = 1, n, 4000 do
-  local pushed = redis.pcall('RPUSH', index, unpack(ids, first, math.min(first + 3999, n)))
-  if type(pushed) == 'table' and pushed.err then
-    -- LLEN found a list, so only a refused write (out of memory) gets here:
-    -- put the index back as it was, then undo the entries.
-    if current == 0 then
-      redis.call('DEL', index)
-    else
-      redis.call('LTRIM', index, 0, current - 1)
-    end
-    return rollback(n, n, pushed.err)
-  end
-end
 local version = current + n
-redis.call('SET', record_key, batch_arg .. ' ' .. ids[1] .. ' ' .. ids[n] .. ' ' .. version, 'PX', ttl)
+redis_call('SET', record_key, batch_arg .. ' ' .. ids[1] .. ' ' .. ids[n] .. ' ' .. version, 'PX', ttl)
 if string.find(stream, '#', 1, true) then
-  redis.pcall('SPUBLISH', stream .. ':bell', ids[n])
+  redis_pcall('SPUBLISH', stream .. ':bell', ids[n])
 end
 return {0, ids, version, deprecated}

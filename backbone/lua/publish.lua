@@ -34,9 +34,17 @@
 --   {3, batch number}     stale: a later batch of this producer was recorded
 --   {4, "op:version"}     that operation version is retired
 -- and nothing is written unless the status is 0.
-local stream = KEYS[1]
+--
+-- Most of a batch's cost is this script's, on the server, so it does little
+-- besides its commands: each template's argument tables are built once and an
+-- event only overwrites their slots (no table per event), a run of events of
+-- one template looks it up once, and the globals used per event are locals.
+local redis_call, redis_pcall = redis.call, redis.pcall
+local unpack, tonumber, type = unpack, tonumber, type
+local ARGV = ARGV
+local stream, record_key, batch_arg = KEYS[1], KEYS[2], ARGV[2]
 local n = tonumber(ARGV[4])
-local batch = tonumber(ARGV[2])
+local batch = tonumber(batch_arg)
 
 -- The record describes this producer's last batch that reached Redis:
 -- "<batch no> <first id> <last id>" when it was written, "<batch no> ! <error>"
@@ -45,9 +53,12 @@ local batch = tonumber(ARGV[2])
 -- was written already, or its caller was told it failed. An attempt with the
 -- record's number is a retry: answer with what the first attempt did. Checked
 -- on every call, since an attempt that timed out may arrive after its retry, or
--- after later batches.
-local record = redis.call('GET', KEYS[2])
-if record then
+-- after later batches. A record numbered below this batch (the usual case: the
+-- batch before) changes nothing, so only its number is read; a record of
+-- neither form counts as none.
+local record = redis_call('GET', record_key)
+local recorded = record and tonumber(string.match(record, '^(%d+) '))
+if recorded and recorded >= batch then
   local digits, refused = string.match(record, '^(%d+) ! (.*)$')
   local first, last
   if not digits then
@@ -61,99 +72,104 @@ if record then
     if refused then
       return {2, refused}
     end
-    local entries = redis.call('XRANGE', stream, first, last)
+    local entries = redis_call('XRANGE', stream, first, last)
     local ids = {}
     for i = 1, #entries do ids[i] = entries[i][1] end
     return {1, ids}
   end
 end
 
-local prefix = ARGV[1]
-local metas, hashes, widths = {}, {}, {}
-local pos = 6
-for t = 1, tonumber(ARGV[5]) do
-  local m = tonumber(ARGV[pos])
-  local meta = {}
-  for j = 1, m do meta[j] = ARGV[pos + j] end
-  meta[m + 1] = 't'
-  meta[m + 2] = ''
-  pos = pos + m + 1
-  local f = tonumber(ARGV[pos])
-  local hash = {}
-  for j = 1, f do
-    hash[2 * j - 1] = ARGV[pos + j]
-    hash[2 * j] = ''
-  end
-  pos = pos + f + 1
-  metas[t], hashes[t], widths[t] = meta, hash, f
-end
-local MARKS, RETIRED = KEYS[3], 4
-
+-- Each template as the tails of its XADD and its HSET, which every event of
+-- the template fills in: META holds the M metadata strings, 't' and a slot for
+-- the producer time (SIZE slots in all), then room for an event's extra
+-- metadata; HASH holds the F payload field names, each followed by a slot for
+-- its value. A table made by {unpack(ARGV, i, j)} has its final size at once;
+-- every slot that matters is overwritten.
+--
 -- Operation versions a newer contract retired are refused before anything is
 -- written; deprecated ones are written and reported. Marks only ever go up
 -- (versions.lua), so a retry of a refused batch is refused again. A template's
 -- metadata starts o, name, v, version, c, contract (writer.py). A marks key
 -- someone overwrote with another type marks nothing.
-local deprecated = {}
-if MARKS then
-  for t = 1, #metas do
-    local mark = metas[t][6] .. '.' .. metas[t][2] .. ':' .. metas[t][4]
-    local status = redis.pcall('HGET', MARKS, mark)
+local prefix, ttl, marks, RETIRED = ARGV[1], ARGV[3], KEYS[3], 4
+local templates, deprecated = {}, {}
+local pos = 6
+for t = 1, tonumber(ARGV[5]) do
+  local m = tonumber(ARGV[pos])
+  local meta = {unpack(ARGV, pos + 1, pos + m + 2)}
+  meta[m + 1] = 't'
+  pos = pos + m + 1
+  local f = tonumber(ARGV[pos])
+  local hash = {unpack(ARGV, pos + 1, pos + 2 * f)}
+  for j = 1, f do hash[2 * j - 1] = ARGV[pos + j] end
+  pos = pos + f + 1
+  templates[t] = {meta, m + 2, hash, f}
+  if marks then
+    local mark = meta[6] .. '.' .. meta[2] .. ':' .. meta[4]
+    local status = redis_pcall('HGET', marks, mark)
     if status == 'retired' then return {RETIRED, mark} end
     if status == 'deprecated' then deprecated[#deprecated + 1] = mark end
   end
 end
 
+-- The entries and payload hashes, in turn. The first refusal stops the loop
+-- with the error and the number of entries and of hashes written before it.
 local ids = {}
+local err, entries, hashes_written
+local number, meta, size, hash, f
+for i = 1, n do
+  if ARGV[pos] ~= number then
+    number = ARGV[pos]
+    local template = templates[tonumber(number)]
+    meta, size, hash, f = template[1], template[2], template[3], template[4]
+  end
+  meta[size] = ARGV[pos + 1]
+  local x = ARGV[pos + 2]
+  local added
+  if x == '0' then
+    added = redis_pcall('XADD', stream, '*', unpack(meta, 1, size))
+  else
+    x = tonumber(x)
+    for j = 1, x do meta[size + j] = ARGV[pos + 2 + j] end
+    added = redis_pcall('XADD', stream, '*', unpack(meta, 1, size + x))
+    pos = pos + x
+  end
+  if type(added) == 'table' and added.err then
+    err, entries, hashes_written = added.err, i - 1, i - 1
+    break
+  end
+  ids[i] = added
+  pos = pos + 2
+  if f > 0 then
+    for j = 1, f do hash[2 * j] = ARGV[pos + j] end
+    -- A new key's HSET answers F, its number of fields: only another answer
+    -- needs a closer look.
+    local written = redis_pcall('HSET', prefix .. added, unpack(hash, 1, 2 * f))
+    if written ~= f and type(written) == 'table' and written.err then
+      err, entries, hashes_written = written.err, i, i - 1
+      break
+    end
+  end
+  pos = pos + f + 1
+end
 
--- Undo the first ENTRIES stream entries and the first HASHES payload hashes, and
--- record the refusal, so that a late attempt of this batch writes nothing either.
-local function rollback(entries, hashes_written, err)
+-- Refused: undo the entries and payload hashes written, and record the
+-- refusal, so that a late attempt of this batch writes nothing either.
+if err then
   for j = 1, entries do
-    redis.call('XDEL', stream, ids[j])
+    redis_call('XDEL', stream, ids[j])
   end
   for j = 1, hashes_written do
-    redis.call('DEL', prefix .. ids[j])
+    redis_call('DEL', prefix .. ids[j])
   end
-  redis.pcall('SET', KEYS[2], ARGV[2] .. ' ! ' .. tostring(err), 'PX', ARGV[3])
+  redis_pcall('SET', record_key, batch_arg .. ' ! ' .. tostring(err), 'PX', ttl)
   return redis.error_reply(err)
 end
 
-for i = 1, n do
-  local t = tonumber(ARGV[pos])
-  local meta = metas[t]
-  local m = #meta
-  meta[m] = ARGV[pos + 1]
-  local x = tonumber(ARGV[pos + 2])
-  local added
-  if x == 0 then
-    added = redis.pcall('XADD', stream, '*', unpack(meta))
-  else
-    local full = {unpack(meta)}
-    for j = 1, x do full[m + j] = ARGV[pos + 2 + j] end
-    added = redis.pcall('XADD', stream, '*', unpack(full))
-  end
-  if type(added) == 'table' and added.err then
-    return rollback(i - 1, i - 1, added.err)
-  end
-  ids[i] = added
-  pos = pos + 3 + x
-  local f = widths[t]
-  if f > 0 then
-    local hash = hashes[t]
-    for j = 1, f do hash[2 * j] = ARGV[pos + j - 1] end
-    local written = redis.pcall('HSET', prefix .. added, unpack(hash))
-    if type(written) == 'table' and written.err then
-      return rollback(i, i - 1, written.err)
-    end
-  end
-  pos = pos + f
-end
-
 if n > 0 then
-  redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. ids[1] .. ' ' .. ids[n], 'PX', ARGV[3])
+  redis_call('SET', record_key, batch_arg .. ' ' .. ids[1] .. ' ' .. ids[n], 'PX', ttl)
   if string.find(stream, '#', 1, true) then
-    redis.pcall('SPUBLISH', stream .. ':bell', ids[n])
+    redis_pcall('SPUBLISH', stream .. ':bell', ids[n])
   end
 end
 return {0, ids, deprecated}
