@@ -50,22 +50,25 @@ class GroupCommit:
         self._pending: collections.deque[Item] = collections.deque()
         self._flusher: asyncio.Task[None] | None = None
 
-    async def publish(self, item: Item) -> EventId:
-        """Write ITEM: now when a writer is free and nobody waits, else in the
-        next batch a free writer sends."""
-        if self._idle and not self._pending:
-            # A writer is free and nobody waits: send this event now, from the
+    def publish(self, item: Item) -> Awaitable[EventId]:
+        """Write ITEM: at once when nothing is being written, else in the next
+        batch a free writer sends (calls that arrive while batches are in flight
+        are coalesced, rather than each taking a slot of its own)."""
+        if len(self._idle) == len(self.writers) and not self._pending:
+            # Nothing in flight, nobody waits: send this event now, from the
             # caller's task.
-            writer = self._idle.pop()
-            try:
-                ids = await self._send([item], writer)
-            finally:
-                self.give(writer)
-            return ids[0]
-        item.future = asyncio.get_running_loop().create_future()
+            return self._send_now(item, self._idle.pop())
+        item.future = future = asyncio.get_running_loop().create_future()
         self._pending.append(item)
         self._kick()
-        return await item.future
+        return future
+
+    async def _send_now(self, item: Item, writer: Writer) -> EventId:
+        try:
+            ids = await self._send([item], writer)
+        finally:
+            self.give(writer)
+        return ids[0]
 
     async def take(self) -> Writer:
         """A free writer (a batch slot), waiting for one."""
