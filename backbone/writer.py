@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from .direct import run_script
 from .errors import PublishError, ReplicationTimeout
-from .events import F_CONTRACT, F_OPERATION, F_PRODUCER, F_VERSION, EventId
+from .events import (
+    F_CONTRACT,
+    F_OPERATION,
+    F_PRODUCER,
+    F_VERSION,
+    EventId,
+    event_ids,
+)
 from .retrying import until_answered
 from .versions import record_marks, refuse_retired, warn_deprecated
 from .write_scripts import PublishStatus
@@ -228,7 +235,7 @@ class Writer:
                 "nothing was written (its events were written by an earlier "
                 "attempt, or their callers were told it failed)"
             )
-        ids = [EventId(stream, raw) for raw in reply.ids]
+        ids = event_ids(stream, reply.ids)
         if status is PublishStatus.DUPLICATE and len(ids) != len(items):
             raise PublishError(
                 f"a retried batch of {len(items)} event(s) was already written to "

@@ -17,6 +17,7 @@ from backbone.consume.context import build_context
 from backbone.consume.delivery import Delivery, before, logical_id
 from backbone.consume.group import Group
 from backbone.consume.state import SubscriptionState, SubscriptionStats, Window
+from backbone.events import event_ids
 from backbone.faults import Fault, classify, is_transient
 from conftest import eventually
 from contracts.shipment_tracking_gen import ShipmentTrackingDispatcher
@@ -274,3 +275,18 @@ async def test_acker_keeps_acks_through_a_failure_and_writes_them() -> None:
     assert state.window.acks == []
     assert state.stats.acked == 1
     await bus.close()
+
+
+def test_event_ids_made_in_bulk_are_event_ids() -> None:
+    made = event_ids("bb:{dev:orders}", ["1-0", "2-5"])
+    assert made == [
+        backbone.EventId("bb:{dev:orders}", "1-0"),
+        backbone.EventId("bb:{dev:orders}", "2-5"),
+    ]
+    assert [hash(e) for e in made] == [
+        hash(backbone.EventId("bb:{dev:orders}", i)) for i in ("1-0", "2-5")
+    ]
+    assert str(made[1]) == "bb:{dev:orders}/2-5"
+    assert made[1].sequence == 5
+    with pytest.raises(AttributeError):
+        made[0].id = "3-0"  # type: ignore[misc]

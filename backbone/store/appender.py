@@ -25,7 +25,7 @@ from ..errors import (
     ConfigurationError,
     PublishError,
 )
-from ..events import EventId
+from ..events import EventId, event_ids
 from ..retrying import until_answered
 from ..versions import refuse_retired, warn_deprecated
 from ..write_scripts import AppendReply, AppendStatus
@@ -132,7 +132,7 @@ class Appender:
         self.backbone.notify_written(stream)
         if reply.deprecated:
             warn_deprecated(stream, reply.deprecated, self._writer.warned)
-        return Appended([EventId(stream, raw) for raw in reply.ids], reply.version)
+        return Appended(event_ids(stream, reply.ids), reply.version)
 
     async def _attempts(
         self,
