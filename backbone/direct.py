@@ -30,7 +30,7 @@ import asyncio
 import collections
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import hiredis
 import redis.exceptions as rex
@@ -70,8 +70,9 @@ class _Protocol(asyncio.Protocol):
         self.lost: BaseException | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport, but not always an asyncio.Transport instance:
+        # uvloop's are not subclasses of it.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         reader = self.reader

@@ -14,8 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import typer
 
 import backbone
+from backbone.cli.run import event_loop
 from backbone.worker import WorkerSettings, run_worker
 from conftest import eventually, free_port
 from contracts.shipment_tracking_gen import shipment_tracking_producer
@@ -132,6 +134,8 @@ async def test_a_pool_of_workers_serves_two_groups_and_stops_on_sigterm(
         "svc:billing",
         "--workers",
         "2",
+        "--loop",
+        "uvloop",
         "--redis-url",
         real_url,
         "--environment",
@@ -237,6 +241,7 @@ class _Shared:
         (["./svc:billing"], "is not a module name"),
         (["svc.py:billing"], "(for example svc:billing)"),
         (["svc:billing", "--log-level", "loud"], "--log-level 'loud' is not one of"),
+        (["svc:billing", "--loop", "trio"], "--loop 'trio' is not one of"),
     ],
 )
 def test_mistakes_are_one_line_and_a_non_zero_exit(
@@ -266,6 +271,8 @@ async def test_a_worker_serves_its_metrics_for_prometheus(
         bus.environment,
         "--metrics-port",
         str(port),
+        "--loop",
+        "asyncio",
     )
     try:
         await publish(bus, 0, 7)
@@ -324,3 +331,20 @@ def test_a_factory_that_fails_stops_the_service_with_one_line(
     assert "Traceback" not in err
     if workers == "1":
         assert len(err.strip().splitlines()) == 1, err
+
+
+def test_the_loop_is_uvloop_when_installed_and_asked_for(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("uvloop")
+    assert event_loop("asyncio") is None
+    auto = event_loop("auto")
+    assert auto is not None
+    assert "uvloop" in auto.__module__
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # not installed
+    assert event_loop("auto") is None
+    with pytest.raises(typer.Exit) as exit_info:
+        event_loop("uvloop")
+    assert exit_info.value.exit_code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "pip install 'backbone[fast]'" in line

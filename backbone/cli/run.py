@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -65,9 +66,18 @@ def run_command(
             envvar="BACKBONE_METRICS_ADDR", help="Address of the metrics port."
         ),
     ] = "127.0.0.1",
+    loop: Annotated[
+        str,
+        typer.Option(
+            envvar="BACKBONE_LOOP",
+            help="Event loop: auto (uvloop when installed, else asyncio), asyncio, "
+            "or uvloop (pip install 'backbone[fast]').",
+        ),
+    ] = "auto",
 ) -> None:
     """Run subscriptions as a service until SIGTERM or SIGINT (graceful stop)."""
     configure_logging(log_level)
+    loop_factory = event_loop(loop)
     settings = WorkerSettings(
         tuple(targets),
         redis_url,
@@ -101,10 +111,13 @@ def run_command(
             environment,
             "--log-level",
             log_level,
+            "--loop",
+            loop,
         ]
         raise typer.Exit(supervise(command, workers))
     try:
-        code = asyncio.run(run_worker(settings))
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            code = runner.run(run_worker(settings))
     except StartError as exc:
         fail(str(exc), code=START_FAILED)
     except BackboneError as exc:
@@ -115,3 +128,22 @@ def run_command(
             "or BACKBONE_REDIS_URL and that the server is up"
         )
     raise typer.Exit(code)
+
+
+def event_loop(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop factory ``--loop NAME`` asks for (None: asyncio's)."""
+    if name not in ("auto", "asyncio", "uvloop"):
+        fail(f"--loop {name!r} is not one of auto, asyncio, uvloop", code=2)
+    if name == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if name == "uvloop":
+            fail(
+                "--loop uvloop needs uvloop: pip install 'backbone[fast]' (or "
+                "--loop asyncio)",
+                code=2,
+            )
+        return None
+    return uvloop.new_event_loop
