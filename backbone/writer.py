@@ -98,6 +98,15 @@ class Writer:
         self._record_ttl_ms = str(int(options.batch_record_ttl * 1000))
         self.sequence = 0
         self._templates: dict[OperationCodec, list[bytes | str | int]] = {}
+        # What every attempt needs, made once: the writer has one batch in
+        # flight at a time, whose arguments and size are _argv_now and
+        # _log_extra["events"].
+        self._script_keys = (self._stream, self.record_key, keys.versions)
+        self._wait = options.min_replicas
+        self._wait_ms = int(options.replica_timeout * 1000)
+        self._wait_extra = options.replica_timeout if self._wait else 0.0
+        self._argv_now: list[bytes | str | int] = []
+        self._log_extra: dict[str, Any] = {"stream": self._stream, "events": 0}
 
     def _template(self, operation: OperationCodec) -> list[bytes | str | int]:
         """The arguments describing OPERATION once per batch (see publish.lua)."""
@@ -166,6 +175,40 @@ class Writer:
             if await record_marks(self.backbone, self.keys, operations):
                 self._marked |= new  # else tried again with the next batch
 
+    def _attempt_direct(self, remaining: float) -> Awaitable[tuple[Any, int]]:
+        """One attempt of the batch in flight on the direct connection."""
+        direct = self.backbone.direct
+        assert direct is not None
+        script = self.backbone.scripts.publish
+        return run_script(
+            direct,
+            script.sha,
+            script.source,
+            self._script_keys,
+            self._argv_now,
+            replicas=self._wait,
+            timeout_ms=self._wait_ms,
+            deadline=time.monotonic() + remaining + self._wait_extra,
+        )
+
+    async def _attempt(self, remaining: float) -> tuple[Any, int]:
+        """One attempt of the batch in flight through redis-py's client."""
+        script = self.backbone.scripts.publish
+        async with asyncio.timeout(remaining + self._wait_extra):
+            return await script.append(
+                self.backbone.redis,
+                self._script_keys,
+                self._argv_now,
+                replicas=self._wait,
+                timeout_ms=self._wait_ms,
+            )
+
+    def _what(self) -> str:
+        return f"publish {self._log_extra['events']} event(s) to {self._stream}"
+
+    def _refused(self, exc: Exception) -> BatchRefused:
+        return BatchRefused(f"Redis refused to append to {self._stream}: {exc}")
+
     async def write(self, items: list[Item]) -> list[EventId]:
         """One atomic write of ITEMS, retried on transient errors until the timeout.
 
@@ -178,47 +221,21 @@ class Writer:
             await self.record_marks(items)
         self.sequence += 1
         sequence = str(self.sequence)
-        argv = self._argv(items, sequence)
-        script = self.backbone.scripts.publish
-        client = self.backbone.redis
-        keys = (self._stream, self.record_key, self.keys.versions)
-        wait = self.options.min_replicas
-        wait_ms = int(self.options.replica_timeout * 1000)
-        extra = self.options.replica_timeout if wait else 0
-
+        self._argv_now = self._argv(items, sequence)
+        self._log_extra["events"] = len(items)
         # WAIT holds its connection until the replicas answer: on the shared
         # direct connection it would hold up every read and ack behind it.
-        direct = self.backbone.direct if not wait else None
-
-        def direct_attempt(remaining: float) -> Awaitable[tuple[Any, int]]:
-            assert direct is not None
-            return run_script(
-                direct,
-                script.sha,
-                script.source,
-                keys,
-                argv,
-                replicas=wait,
-                timeout_ms=wait_ms,
-                deadline=time.monotonic() + remaining + extra,
-            )
-
-        async def attempt(remaining: float) -> tuple[Any, int]:
-            async with asyncio.timeout(remaining + extra):
-                return await script.append(
-                    client, keys, argv, replicas=wait, timeout_ms=wait_ms
-                )
-
+        direct = self.backbone.direct if not self._wait else None
+        wait = self._wait
         raw, replicas = await until_answered(
-            attempt if direct is None else direct_attempt,
+            self._attempt if direct is None else self._attempt_direct,
             timeout=self.options.publish_timeout,
-            what=lambda: f"publish {len(items)} event(s) to {self._stream}",
+            what=self._what,
             where=self.backbone,
-            refused=lambda exc: BatchRefused(
-                f"Redis refused to append to {self._stream}: {exc}"
-            ),
-            log_extra={"stream": self._stream, "events": len(items)},
+            refused=self._refused,
+            log_extra=self._log_extra,
         )
+        script = self.backbone.scripts.publish
         reply = script.reply(raw)
         stream = self._stream
         status = reply.status
