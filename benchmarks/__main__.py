@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
+import os
 import shlex
 import sys
 import time
@@ -27,7 +27,7 @@ from . import (
     sizes,
     store,
 )
-from .common import Section, Settings
+from .common import LOOP_ENV, Section, Settings, run_loop
 from .machine import machine_info
 from .server import BenchServer, ServerUnavailable, open_server
 
@@ -90,6 +90,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(default 30,000 and 100,000; --quick 2,000)",
     )
     parser.add_argument(
+        "--loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="the event loop of every variant, backbone's and the hand-written "
+        "ones alike (default asyncio; uvloop needs backbone[fast])",
+    )
+    parser.add_argument(
         "--output",
         type=Path,
         default=DEFAULT_OUTPUT,
@@ -121,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Wide enough for the tables when the output is a file or a pipe.
     console = Console(width=None if sys.stdout.isatty() else 180)
     settings = Settings.make(quick=args.quick, events=args.events)
+    os.environ[LOOP_ENV] = args.loop  # child processes run on it too
     names = [n for n in SECTIONS if not args.only or n in args.only]
     names += [n for n in OPT_IN if args.only and n in args.only]
     started = time.perf_counter()
@@ -131,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             console.print(f"redis: {where}", highlight=False)
             machine = machine_info(server)
-            sections = asyncio.run(run_sections(server, settings, names, console))
+            sections = run_loop(run_sections(server, settings, names, console))
     except ServerUnavailable as exc:
         console.print(f"[red]cannot benchmark: {exc}[/]")
         return 2

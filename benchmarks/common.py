@@ -16,13 +16,15 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, Final, TypeVar
 
 import msgpack
 
 from contracts.shipment_tracking import Product, User
 from contracts.shipment_tracking_gen import ShipmentTrackingProducer
+
+T = TypeVar("T")
 
 __all__ = [
     "BATCH_SIZE",
@@ -47,6 +49,7 @@ __all__ = [
     "order_placed_args",
     "packing_args",
     "padded_email",
+    "run_loop",
     "write_batches",
 ]
 
@@ -55,6 +58,21 @@ EMAIL: Final = "user42@example.com"
 PRODUCT_ID: Final = 1042
 BATCH_SIZE: Final = 1000
 EXT_DATETIME: Final = 1
+LOOP_ENV: Final = "BACKBONE_BENCH_LOOP"
+"""The event loop of a run (``--loop``), seen by its child processes too."""
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(MAIN)`` on the event loop the run asked for: asyncio's, or
+    uvloop's with ``--loop uvloop``. Every variant of a run, backbone's and the
+    hand-written ones, runs on the same loop."""
+    factory = None
+    if os.environ.get(LOOP_ENV) == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
 
 
 def event_time() -> dt.datetime:

@@ -25,7 +25,7 @@ from contracts.shipment_tracking_gen import (
     subscribe_shipment_tracking,
 )
 
-from .common import EMAIL, Section, Settings, fresh_gc
+from .common import EMAIL, Section, Settings, fresh_gc, run_loop
 from .server import BenchServer
 
 __all__ = ["percentile", "run"]
@@ -108,7 +108,7 @@ def _producer_process(
     total: int,
     out: multiprocessing.Queue[tuple[list[float], float]],
 ) -> None:
-    out.put(asyncio.run(_produce(url, environment, rate, total)))
+    out.put(run_loop(_produce(url, environment, rate, total)))
 
 
 async def run(server: BenchServer, settings: Settings) -> Section:

@@ -91,8 +91,10 @@ def machine_info(server: BenchServer) -> dict[str, Any]:
                 "pydantic-core",
                 "faststream",
                 "rich",
+                "uvloop",
             )
         },
+        "event_loop": os.environ.get("BACKBONE_BENCH_LOOP", "asyncio"),
         "redis_py_uses_hiredis_parser": bool(HIREDIS_AVAILABLE),
         "source": source_info(),
     }

@@ -38,6 +38,7 @@ from .common import (
     interleave,
     measurement,
     ratio,
+    run_loop,
 )
 from .consumer import CountingHandler, prewrite
 from .raw import RawRedis
@@ -113,7 +114,7 @@ def _worker(
     done: multiprocessing.synchronize.Event,
 ) -> None:
     try:
-        asyncio.run(_serve(url, environment, commands, reports, done))
+        run_loop(_serve(url, environment, commands, reports, done))
     except Exception as exc:
         reports.put(("error", f"worker: {type(exc).__name__}: {exc}"))
 
