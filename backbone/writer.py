@@ -137,6 +137,21 @@ class Writer:
             len(items),
             0,  # the number of templates, set below
         ]
+        if items:
+            # The usual batch, one operation and no extra metadata: -1 template
+            # and each event as its time and values.
+            operation = items[0].operation
+            short: list[bytes | str | int] = []
+            for item in items:
+                if item.operation is not operation or item.extra:
+                    break
+                short.append(item.millis)
+                short.extend(item.values)
+            else:
+                argv[4] = -1
+                argv.extend(self._template(operation))
+                argv.extend(short)
+                return argv
         numbers: dict[OperationCodec, int] = {}
         body: list[bytes | str | int] = []
         for item in items:

@@ -14,6 +14,8 @@
 -- then N times:
 --            template number (1-based), producer time, X, X extra metadata
 --            field/value strings, then the template's F payload values
+--          or, when T is -1 (one template, no event with extra metadata, the
+--          usual batch), N times only: producer time, then the F values
 --
 -- Templates keep the per-event arguments to what differs between events, which
 -- is what the client has to pack and Redis has to parse.
@@ -94,7 +96,12 @@ end
 local prefix, ttl, marks, RETIRED = ARGV[1], ARGV[3], KEYS[3], 4
 local templates, deprecated = {}, {}
 local pos = 6
-for t = 1, tonumber(ARGV[5]) do
+-- A negative count (-1) is one template whose events are all of the short
+-- form: producer time and values (see the header).
+local template_count = tonumber(ARGV[5])
+local uniform = template_count < 0
+if uniform then template_count = -template_count end
+for t = 1, template_count do
   local m = tonumber(ARGV[pos])
   local meta = {unpack(ARGV, pos + 1, pos + m + 2)}
   meta[m + 1] = 't'
@@ -117,31 +124,36 @@ end
 local ids = {}
 local err, entries, hashes_written
 local number, meta, size, hash, f
+if uniform then
+  local template = templates[1]
+  meta, size, hash, f = template[1], template[2], template[3], template[4]
+end
 for i = 1, n do
-  if ARGV[pos] ~= number then
-    number = ARGV[pos]
-    local template = templates[tonumber(number)]
-    meta, size, hash, f = template[1], template[2], template[3], template[4]
-  end
-  meta[size] = ARGV[pos + 1]
-  local x = ARGV[pos + 2]
-  local added
-  if x == '0' then
-    added = redis_pcall('XADD', stream, '*', unpack(meta, 1, size))
+  -- VALUES: where the event's payload values start.
+  local x, values = 0, pos + 1
+  if uniform then
+    meta[size] = ARGV[pos]
   else
-    x = tonumber(x)
-    for j = 1, x do meta[size + j] = ARGV[pos + 2 + j] end
-    added = redis_pcall('XADD', stream, '*', unpack(meta, 1, size + x))
-    pos = pos + x
+    if ARGV[pos] ~= number then
+      number = ARGV[pos]
+      local template = templates[tonumber(number)]
+      meta, size, hash, f = template[1], template[2], template[3], template[4]
+    end
+    meta[size] = ARGV[pos + 1]
+    if ARGV[pos + 2] ~= '0' then
+      x = tonumber(ARGV[pos + 2])
+      for j = 1, x do meta[size + j] = ARGV[pos + 2 + j] end
+    end
+    values = pos + 3 + x
   end
+  local added = redis_pcall('XADD', stream, '*', unpack(meta, 1, size + x))
   if type(added) == 'table' and added.err then
     err, entries, hashes_written = added.err, i - 1, i - 1
     break
   end
   ids[i] = added
-  pos = pos + 2
   if f > 0 then
-    for j = 1, f do hash[2 * j] = ARGV[pos + j] end
+    for j = 1, f do hash[2 * j] = ARGV[values + j - 1] end
     -- A new key's HSET answers F, its number of fields: only another answer
     -- needs a closer look.
     local written = redis_pcall('HSET', prefix .. added, unpack(hash, 1, 2 * f))
@@ -150,7 +162,7 @@ for i = 1, n do
       break
     end
   end
-  pos = pos + f + 1
+  pos = values + f
 end
 
 -- Refused: undo the entries and payload hashes written, and record the
