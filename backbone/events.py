@@ -222,7 +222,9 @@ def current_event() -> EventContext | None:
     return value()
 
 
-# The context variable's own methods (set once per event handled).
+# The context variable's own methods (set once per event handled; read for
+# every event published: None outside a handler).
+current_event_or_none: Final[Callable[[], _Current]] = _current.get
 set_current_event: Final[Callable[[_Current], contextvars.Token[_Current]]] = (
     _current.set
 )

@@ -42,6 +42,7 @@ from .events import (
     F_TRACE,
     EventId,
     current_event,
+    current_event_or_none,
 )
 from .group_commit import GroupCommit, one_by_one
 from .keyring import Keyring, aggregate_only, seal_items
@@ -186,9 +187,8 @@ class Producer:
         if operation.personal and any(s is None for _, s in operation.personal):
             raise ConfigurationError(aggregate_only(operation.operation.qualified_name))
         values = operation.encode(args)
-        item = Item(
-            operation, time.time_ns() // 1_000_000, self._extra_meta(), values, None
-        )
+        extra = () if current_event_or_none() is None else self._extra_meta()
+        item = Item(operation, time.time_ns() // 1_000_000, extra, values, None)
         if self._lanes is not None or self.keys.partition is not None:
             key = self._key
             if key is None:
@@ -398,8 +398,11 @@ class Batch:
         """Validate and queue one event (generated batch methods call this)."""
         if self._written:
             raise PublishError("this batch was already written; start a new one")
-        self.producer._check_atomic_size(len(self._items) + 1)
-        self._items.append(self.producer._prepare(operation, args))
+        producer = self.producer
+        items = self._items
+        if len(items) >= producer.options.max_atomic_batch:
+            producer._check_atomic_size(len(items) + 1)
+        items.append(producer._prepare(operation, args))
 
     def __len__(self) -> int:
         return len(self._items)
