@@ -7,6 +7,7 @@ subscribe through a :class:`Backbone` connection.
 
 from __future__ import annotations
 
+from .batch import Batch
 from .connection import Backbone
 from .consume import Lease, PartitionedSubscription, Subscription, SubscriptionStats
 from .contract import ContractSpec, OperationSpec, contract, operation
@@ -38,7 +39,7 @@ from .options import (
 )
 from .partitions import PartitionKey
 from .personal import ERASED, Erased, Personal
-from .producer import Batch, Producer, ProducerOptions
+from .producer import Producer, ProducerOptions
 from .retention import (
     RetentionHold,
     RetentionPolicy,

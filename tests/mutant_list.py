@@ -144,7 +144,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "last-delivery-refused",
-        "backbone/consume/workers.py",
+        "backbone/consume/decisions.py",
         "return d.delivery_count > self._max_deliveries",
         "return d.delivery_count >= self._max_deliveries",
         (
@@ -179,7 +179,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "idempotency-mark-ignored",
-        "backbone/consume/workers.py",
+        "backbone/consume/decisions.py",
         "        if d.done_mark:\n",
         "        if False:\n",
         (f"{DELIVERY}::test_idempotent_guard_skips_a_redelivered_event",),

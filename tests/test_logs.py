@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import backbone
-from backbone.consume.workers import Workers
+from backbone.consume.decisions import Decisions
 from conftest import eventually
 from contracts.shipment_tracking_gen import (
     shipment_tracking_producer,
@@ -138,7 +138,7 @@ async def test_an_unexpected_error_is_logged_with_its_traceback(
     def broken(*args: object) -> None:
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(Workers, "_plan", broken)
+    monkeypatch.setattr(Decisions, "plan", broken)
     event = await shipment_tracking_producer(bus, URI).packing("a@x.com", 1, moment())
     async with subscribe(bus, Recorder()):
         await eventually(
