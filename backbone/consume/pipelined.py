@@ -208,7 +208,21 @@ class PipelinedRead:
             else:
                 op, only, v = meta(flat)
             version = versions[v] if v in versions else version_of(v)
-            d = Delivery(raw_id.decode(), flat, 1, now, op, only, None, version=version)
+            # Positionally: keywords cost a third more per event.
+            d = Delivery(
+                raw_id.decode(),
+                flat,
+                1,
+                now,
+                op,
+                only,
+                None,
+                False,
+                False,
+                None,
+                None,
+                version,
+            )
             deliveries.append(d)
             wanted = known.get(op)
             # An empty re-drive group restricts nothing (no group is named '').
