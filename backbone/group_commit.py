@@ -84,14 +84,19 @@ class GroupCommit:
         self._kick()
 
     async def drain(self) -> None:
-        """Wait until every queued call is written and no batch is in flight."""
-        while (self._flusher is not None and not self._flusher.done()) or (
-            self._sending
-        ):
+        """Wait until every queued call is written and no batch is in flight:
+        the flusher's, a lone caller's or an atomic batch's (every writer is
+        back)."""
+        while True:
             if self._flusher is not None and not self._flusher.done():
                 await asyncio.shield(self._flusher)
-            if self._sending:
+            elif self._sending:
                 await asyncio.wait(set(self._sending))
+            elif len(self._idle) < len(self.writers):
+                self._freed.clear()
+                await self._freed.wait()
+            else:
+                return
 
     def _kick(self) -> None:
         if self._pending and (self._flusher is None or self._flusher.done()):

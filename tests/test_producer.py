@@ -297,3 +297,51 @@ async def test_min_replicas_waits_for_a_real_replica(
         finally:
             replica.stop()
             primary.stop()
+
+
+@pytest.mark.parametrize("how", ["lone call", "atomic batch"])
+async def test_close_waits_for_a_write_in_flight(
+    bus: backbone.Backbone, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    # A lone caller's event (sent from its own task) and an atomic batch hold a
+    # writer of their own; close() returns only once they are written.
+    from backbone.writer import Writer
+
+    entered, gate = asyncio.Event(), asyncio.Event()
+    real_write = Writer.write
+    order: list[str] = []
+
+    async def held(self: Writer, items: list[object]) -> list[backbone.EventId]:
+        entered.set()
+        await gate.wait()
+        ids = await real_write(self, items)  # type: ignore[arg-type]
+        order.append("written")
+        return ids
+
+    monkeypatch.setattr(Writer, "write", held)
+    producer = shipment_tracking_producer(bus, URI)
+    if how == "lone call":
+        sending = asyncio.ensure_future(producer.packing("a@x.com", 1, moment()))
+    else:
+
+        async def atomic() -> list[backbone.EventId]:
+            async with producer.batch() as batch:
+                batch.packing("a@x.com", 1, moment())
+                batch.packing("b@x.com", 2, moment())
+            return batch.event_ids
+
+        sending = asyncio.ensure_future(atomic())
+    await asyncio.wait_for(entered.wait(), 10)
+
+    async def close() -> None:
+        await producer.producer.close()
+        order.append("closed")
+
+    closing = asyncio.ensure_future(close())  # runs before the write goes on
+    gate.set()
+    await asyncio.wait_for(closing, 10)
+    await asyncio.wait_for(sending, 10)
+    assert order == ["written", "closed"]
+    assert await bus.redis.xlen(bus.keys(URI).stream) == (
+        1 if how == "lone call" else 2
+    )
