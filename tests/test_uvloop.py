@@ -12,27 +12,16 @@ import asyncio
 import pytest
 
 import backbone
+from conftest import eventually
 from contracts.shipment_tracking_gen import (
     shipment_tracking_producer,
     subscribe_shipment_tracking,
 )
-from helpers import moment
+from helpers import Recorder, moment
 
 uvloop = pytest.importorskip("uvloop")
 
 URI = "on-uvloop"
-
-
-class Recorder:
-    def __init__(self, expected: int) -> None:
-        self.seen: list[int] = []
-        self.expected = expected
-        self.all_seen = asyncio.Event()
-
-    async def packing(self, email: str, product_id: int, time: object) -> None:
-        self.seen.append(product_id)
-        if len(self.seen) == self.expected:
-            self.all_seen.set()
 
 
 async def publish_and_consume(url: str, environment: str) -> list[int]:
@@ -47,17 +36,12 @@ async def publish_and_consume(url: str, environment: str) -> list[int]:
         await asyncio.gather(
             *(producer.packing("d@x.com", n, moment()) for n in (4, 5))
         )
-        handler = Recorder(expected=5)
+        handler = Recorder()
         async with subscribe_shipment_tracking(
-            bus,
-            URI,
-            handler,
-            group="g",
-            start=backbone.StartFrom.BEGINNING,
-            partial=True,
+            bus, URI, handler, group="g", start=backbone.StartFrom.BEGINNING
         ):
-            await asyncio.wait_for(handler.all_seen.wait(), 10)
-        return sorted(handler.seen)
+            await eventually(lambda: handler.count() == 5, message="all handled")
+        return sorted(args[1] for _, args, _ in handler.calls)
     finally:
         await bus.redis.delete(
             *[k async for k in bus.redis.scan_iter(f"*{environment}*")]

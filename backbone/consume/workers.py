@@ -48,7 +48,6 @@ __all__ = ["Workers"]
 log = logging.getLogger("backbone.consumer")
 
 _YIELD_EVERY: Final = 64
-DEBUG: Final = logging.DEBUG
 
 
 class Workers:
@@ -109,7 +108,11 @@ class Workers:
                     plan = await decide.settle(delivery)
                     if plan is not None:
                         await self._call(*plan)
-                elif plain and hooks.active is None and not log.isEnabledFor(DEBUG):
+                elif (
+                    plain
+                    and hooks.active is None
+                    and not log.isEnabledFor(logging.DEBUG)
+                ):
                     route, d, operation, args = plan
                     context = LazyContext(state, d, operation)
                     token = set_current_event(context)
